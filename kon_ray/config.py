@@ -1,0 +1,326 @@
+"""Typed, frozen run configuration: the paper's settings as defaults, except the backbone.
+
+Every field is validated on construction; a bad value names the field, the value
+and what would be valid. Change a config with ``dataclasses.replace`` or with
+dotted ``key=value`` overrides (``apply_overrides``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EMBEDDED = "embedded"
+
+
+class ConfigError(ValueError):
+    """A configuration value or override is invalid."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    _check(value in choices, f"{name}={value!r}: must be one of {', '.join(map(repr, choices))}")
+
+
+def _literal_choices(cls: type, name: str) -> tuple[object, ...]:
+    hint = typing.get_type_hints(cls)[name]
+    return typing.get_args(hint)
+
+
+def _check_literals(obj: object) -> None:
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        hint = typing.get_type_hints(type(obj))[f.name]
+        if typing.get_origin(hint) is Literal:
+            _choice(f.name, getattr(obj, f.name), typing.get_args(hint))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "DB15K"
+    """'DB15K', 'MKG-W' (shipped) or the path of a folder with train/valid/test.tsv."""
+    prompt: Literal["compact", "instruction"] = "compact"
+    """'instruction': the published code's natural-language instruction (for chat LLMs);
+    'compact': 'head | relation | ?' markers, cheaper for the small embedded backbone."""
+    train_limit: int | None = None
+    """Use only the first N training triples (a KG slice for quick trials and tests)."""
+    valid_limit: int | None = 2000
+    """Validate on at most N valid triples per evaluation (both directions); None: all."""
+    test_limit: int | None = None
+    """Test on at most N test triples (both directions); None: all, as the paper does."""
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        _check(bool(self.dataset), "data.dataset='': name a shipped KG (DB15K, MKG-W) or a folder")
+        for name in ("train_limit", "valid_limit", "test_limit"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"data.{name}={value}: must be >= 1 or None")
+
+
+@dataclass(frozen=True)
+class EmbeddedBackboneConfig:
+    """The default backbone: a small Llama built from a config, never downloaded."""
+
+    hidden_size: int = 256
+    layers: int = 4
+    heads: int = 4
+    intermediate_size: int = 768
+    vocab_size: int = 8192
+    """Size of the BPE tokenizer trained offline on the KG's names and relation words."""
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "layers", "heads", "intermediate_size"):
+            _check(getattr(self, name) >= 1, f"model.embedded.{name}={getattr(self, name)}: must be >= 1")
+        _check(
+            self.hidden_size % self.heads == 0,
+            f"model.embedded.hidden_size={self.hidden_size}: must be divisible by heads={self.heads}",
+        )
+        _check(self.vocab_size >= 300, f"model.embedded.vocab_size={self.vocab_size}: must be >= 300")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = EMBEDDED
+    """'embedded' or any Hugging Face causal-LM path or id (e.g. meta-llama/Llama-2-7b-chat-hf)."""
+    embedded: EmbeddedBackboneConfig = field(default_factory=EmbeddedBackboneConfig)
+    backbone_tuning: Literal["auto", "lora", "full"] = "auto"
+    """'lora' as the paper does; 'full' trains every weight; 'auto': LoRA for a pretrained
+    backbone, full for the randomly initialised embedded one (LoRA on random weights learns little)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """'auto': bfloat16 on CUDA, float32 on CPU."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("embed_tokens", "q_proj", "v_proj")
+    k: int = 8
+    """Number of K-ON heads: entity names are padded or truncated to K tokens (eq. 8)."""
+    head_init: Literal["zero", "default"] = "zero"
+    """Head-MLP init: 'zero' as the paper (eq. 5 residual); 'default' as the published code."""
+    conditional_attention: bool = True
+    """Table 3 'w/o Conditional Attention' when False."""
+    attention_heads: int = 8
+    attention_dropout: float = 0.3
+    residual: Literal["paper", "published"] = "paper"
+    """'paper': eq. 5, attention + h0; 'published': 0.2 attention + 0.5 h0 + 0.8 head MLP."""
+    shared_head_mlp: bool = False
+    """Table 3 'Shared Head MLP': one head MLP for all K steps."""
+    shared_score_layer: bool = False
+    """Table 3 'Shared Score Layer': one LoRA score layer for all K steps."""
+    score_lora_r: int = 8
+    score_lora_alpha: int = 16
+    score_lora_dropout: float = 0.3
+    score_space: Literal["probability", "logit"] = "probability"
+    """'probability': eq. 11 gathers softmax probabilities; 'logit': the published code's raw logits."""
+    joint: Literal["sum", "product"] = "sum"
+    """Table 4 operator combining the K token probabilities into the entity's (eq. 11)."""
+    joint_weights: Literal["learnable", "constant"] = "learnable"
+    """Table 4 step weights alpha_k: learnable parameters or constant."""
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        _check(self.k >= 1, f"model.k={self.k}: the number of K-ON heads must be >= 1")
+        for name in ("lora_r", "lora_alpha", "score_lora_r", "score_lora_alpha", "attention_heads"):
+            _check(getattr(self, name) >= 1, f"model.{name}={getattr(self, name)}: must be >= 1")
+        for name in ("lora_dropout", "attention_dropout", "score_lora_dropout"):
+            value = getattr(self, name)
+            _check(0.0 <= value < 1.0, f"model.{name}={value}: must be in [0, 1)")
+        _check(bool(self.lora_targets), "model.lora_targets=(): name at least one module")
+        if self.backbone == EMBEDDED and self.conditional_attention:
+            hidden = self.embedded.hidden_size
+            _check(
+                hidden % self.attention_heads == 0,
+                f"model.attention_heads={self.attention_heads}: must divide the hidden size {hidden}",
+            )
+
+    @property
+    def tuning(self) -> Literal["lora", "full"]:
+        """The backbone tuning that 'auto' resolves to."""
+        if self.backbone_tuning != "auto":
+            return self.backbone_tuning
+        return "full" if self.backbone == EMBEDDED else "lora"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    contrastive: Literal["eq12", "bce_adversarial", "infonce"] = "eq12"
+    """'eq12': the paper's loss with a probability floor; 'bce_adversarial': the published
+    code's BCE with self-adversarial negative weights; 'infonce': softmax CE over the
+    positive and its negatives."""
+    negatives: int = 128
+    """|N|: negative entities per query, never a known true answer in training (strict)."""
+    floor: float = 1e-4
+    """eq. 12/13 are unbounded below as printed; each log p is taken as log(p + floor)."""
+    adversarial_temperature: float = 0.5
+    sft: Literal["eq13", "cross_entropy"] = "eq13"
+    """'eq13': the paper's SFT loss (with the floor); 'cross_entropy': standard SFT."""
+    kl_detach_target: bool = True
+    """eq. 14: treat the backbone head's distribution as a fixed target, as the published code."""
+    nce_weight: float = 1.0
+    """Weight of L_nce; 0 is Table 3 'w/o L_nce'."""
+    sft_weight: float = 1.0
+    """Weight of L_sft (eq. 13); 0 is Table 3 'w/o L_sft'."""
+    tdt_weight: float = 1.0
+    """Weight of L_tdt (eq. 14); 0 is Table 3 'w/o L_tdt'."""
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        _check(self.negatives >= 1, f"loss.negatives={self.negatives}: |N| must be >= 1")
+        _check(0.0 < self.floor < 1.0, f"loss.floor={self.floor}: must be in (0, 1)")
+        _check(
+            self.adversarial_temperature > 0,
+            f"loss.adversarial_temperature={self.adversarial_temperature}: must be > 0",
+        )
+        for name in ("nce_weight", "sft_weight", "tdt_weight"):
+            _check(getattr(self, name) >= 0, f"loss.{name}={getattr(self, name)}: must be >= 0")
+        _check(
+            self.nce_weight + self.sft_weight + self.tdt_weight > 0,
+            "loss.nce_weight, sft_weight and tdt_weight are all 0: nothing would be trained",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-4
+    epochs: float = 5.0
+    warmup_steps: int = 50
+    micro_batch: int = 12
+    """Queries per device per forward pass (the paper: 12)."""
+    grad_accum: int = 8
+    """Micro-batches per optimiser step (the paper: 8)."""
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    max_minutes: float | None = None
+    """Stop training after this many minutes (then evaluate); None: run all epochs."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps; None: run all epochs."""
+    evals_per_epoch: int = 1
+    seed: int = 0
+    threads: int | None = None
+    """torch CPU threads per process; None: torch's default."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        _check(self.epochs > 0, f"train.epochs={self.epochs}: must be > 0")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps}: must be >= 0")
+        _check(self.micro_batch >= 1, f"train.micro_batch={self.micro_batch}: must be >= 1")
+        _check(self.grad_accum >= 1, f"train.grad_accum={self.grad_accum}: must be >= 1")
+        _check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0 (0: off)")
+        _check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0")
+        _check(
+            self.max_minutes is None or self.max_minutes > 0,
+            f"train.max_minutes={self.max_minutes}: must be > 0 or None",
+        )
+        _check(self.max_steps is None or self.max_steps >= 1, f"train.max_steps={self.max_steps}: must be >= 1")
+        _check(self.evals_per_epoch >= 1, f"train.evals_per_epoch={self.evals_per_epoch}: must be >= 1")
+        _check(self.threads is None or self.threads >= 1, f"train.threads={self.threads}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ties: Literal["realistic", "optimistic", "pessimistic"] = "realistic"
+    """Rank reported as the headline metric; all three are always computed."""
+    query_chunk: int = 256
+    """Queries scored against all entities at once: bounds memory to chunk x entities."""
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        _check(self.query_chunk >= 1, f"eval.query_chunk={self.query_chunk}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Rebuild a config from ``to_dict`` output (or any subset of it)."""
+        return apply_overrides(cls(), dict(_flatten(values)))
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Convert an override (a string from the command line, or a Python value) to ``hint``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            _check(type(None) in args, f"{key}=None: this field needs a value")
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, inner, value)
+    if origin is Literal:
+        _choice(key, value, args)
+        return value
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(item).strip() for item in items if str(item).strip())
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        _check(text in ("true", "false", "1", "0", "yes", "no"), f"{key}={value!r}: expected true or false")
+        return text in ("true", "1", "yes")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r}: expected {'an integer' if hint is int else 'a number'}") from None
+        if hint is int and isinstance(value, float) and value != number:
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return number
+    if hint is str:
+        return str(value)
+    raise ConfigError(f"{key}: cannot set a value of type {hint}")
+
+
+def _replace(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    head = path[0]
+    if head not in names:
+        section = full_key[: len(full_key) - len(".".join(path))].rstrip(".")
+        where = f"in '{section}'" if section else "at the top level"
+        raise ConfigError(f"{full_key}: unknown key {head!r} {where}; valid keys: {', '.join(names)}")
+    current = getattr(obj, head)
+    if len(path) > 1:
+        _check(dataclasses.is_dataclass(current), f"{full_key}: {head!r} has no sub-keys")
+        return dataclasses.replace(obj, **{head: _replace(current, path[1:], value, full_key)})
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"{full_key}: is a section; set one of its keys, e.g. {full_key}.<key>=...")
+    hint = typing.get_type_hints(type(obj))[head]
+    return dataclasses.replace(obj, **{head: _coerce(full_key, hint, value)})
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any] | list[str]) -> RunConfig:
+    """Apply dotted overrides, e.g. ``["model.k=4", "data.dataset=MKG-W"]`` or a dict."""
+    if isinstance(overrides, list):
+        pairs: dict[str, Any] = {}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            _check(bool(sep) and bool(key), f"override {item!r}: expected key=value, e.g. model.k=4")
+            pairs[key.strip()] = value.strip()
+        overrides = pairs
+    for key, value in overrides.items():
+        config = _replace(config, key.split("."), value, key)
+    return config
