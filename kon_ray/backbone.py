@@ -1,0 +1,72 @@
+"""The LLM under K-ON: the embedded small Llama, or any Hugging Face causal LM, with LoRA via peft."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import PreTrainedTokenizerBase
+
+from kon_ray.config import EMBEDDED, ModelConfig
+from kon_ray.data.kg import KnowledgeGraph
+from kon_ray.data.prompts import template_words
+from kon_ray.data.tokenizer import kg_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def resolve_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, config.dtype)
+
+
+def load_tokenizer(config: ModelConfig, kg: KnowledgeGraph, template: str) -> PreTrainedTokenizerBase:
+    if config.backbone == EMBEDDED:
+        corpus = [*kg.entity_names, *kg.relation_names, *template_words(template)]
+        return kg_tokenizer(corpus, kg.digest, config.embedded.vocab_size)
+    tokenizer = AutoTokenizer.from_pretrained(config.backbone, trust_remote_code=False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = 0  # the published code pads entity tokens with id 0
+    return tokenizer
+
+
+def load_backbone(
+    config: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device, seed: int
+) -> PreTrainedModel:
+    """The causal LM, its LoRA adapters (or all weights) trainable per ``config.tuning``."""
+    dtype = resolve_dtype(config, device)
+    if config.backbone == EMBEDDED:
+        e = config.embedded
+        llama = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=e.hidden_size,
+            intermediate_size=e.intermediate_size,
+            num_hidden_layers=e.layers,
+            num_attention_heads=e.heads,
+            num_key_value_heads=e.heads,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=False,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(llama).to(dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(config.backbone, dtype=dtype, trust_remote_code=False)
+    model.to(device)
+    if config.tuning == "lora":
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_targets),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    log.info("backbone %s (%s, %s tuning)", config.backbone, dtype, config.tuning)
+    return model

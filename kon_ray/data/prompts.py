@@ -1,0 +1,175 @@
+"""Prompts for tail and head queries, entity token sequences (eq. 8), and model batches.
+
+Tokenisation runs once per KG, tokenizer, template and K, and is cached on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from kon_ray.data.cache import cache_key, cached_dir
+from kon_ray.data.kg import KnowledgeGraph
+from kon_ray.data.queries import HEAD, TAIL, Queries
+
+# {entity} is the query's known entity, {relation} its relation; the answer follows the prompt.
+TEMPLATES: dict[str, dict[int, str]] = {
+    # Modelled on the published code's instruction, for chat LLMs.
+    "instruction": {
+        TAIL: "Predict the tail entity of the given triplet ({entity}; {relation}; ?). The answer is:",
+        HEAD: "Predict the head entity of the given triplet (?; {relation}; {entity}). The answer is:",
+    },
+    # Short markers for the small embedded backbone: fewer tokens, same information.
+    "compact": {
+        TAIL: "tail: {entity} | {relation} =",
+        HEAD: "head: {entity} | {relation} =",
+    },
+}
+
+
+def template_words(template: str) -> list[str]:
+    """The template's own text, for training a tokenizer that covers it."""
+    return [TEMPLATES[template][d].format(entity="", relation="") for d in (TAIL, HEAD)]
+
+
+def _answer_ids(tokenizer: PreTrainedTokenizerBase, names: list[str]) -> list[list[int]]:
+    """Token ids of each name as it follows the prompt (after a space), without BOS/EOS."""
+    spaced = tokenizer([" " + name for name in names], add_special_tokens=False)["input_ids"]
+    out = []
+    for ids in spaced:
+        # Tokenizers that mark word starts themselves (SentencePiece) emit a lone space first.
+        if len(ids) > 1 and not tokenizer.decode(ids[:1]).strip():
+            ids = ids[1:]
+        out.append(ids)
+    return out
+
+
+def _ragged(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(offsets[-1]))
+    return flat, offsets
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids for a batch of queries, right-padded, optionally followed by the target's tokens."""
+
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L)
+    last: torch.Tensor  # (B,) position of the prompt's last token: its hidden state is h_0^m (eq. 1)
+    target_tokens: torch.Tensor | None = None  # (B, K) eq. 8 tokens of the target entity
+    target_mask: torch.Tensor | None = None  # (B, K) True on the target's real (non-padding) tokens
+
+    def to(self, device: torch.device | str) -> Batch:
+        move = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        return Batch(**move)
+
+
+@dataclass(frozen=True)
+class EncodedKG:
+    """A KG tokenised for K-ON: entity token table (eq. 8) and one prompt per query key."""
+
+    entity_tokens: torch.Tensor  # (E, K) int64, right-padded with pad_id, truncated at K
+    entity_mask: torch.Tensor  # (E, K) bool, True on real tokens
+    name_lengths: np.ndarray  # (E,) untruncated token counts
+    prompt_keys: np.ndarray  # sorted int64 query keys (direction, relation, anchor)
+    prompt_flat: np.ndarray
+    prompt_offsets: np.ndarray
+    num_entities: int
+    num_relations: int
+    pad_id: int
+
+    @property
+    def k(self) -> int:
+        return self.entity_tokens.shape[1]
+
+    def _key(self, queries: Queries) -> np.ndarray:
+        return (queries.direction * self.num_relations + queries.relation) * self.num_entities + queries.anchor
+
+    def batch(self, queries: Queries, with_targets: bool) -> Batch:
+        """Prompts of ``queries``; with targets, the target tokens are appended (teacher forcing, eq. 13)."""
+        rows = np.searchsorted(self.prompt_keys, self._key(queries))
+        starts, ends = self.prompt_offsets[rows], self.prompt_offsets[rows + 1]
+        prompt_len = ends - starts
+        targets = torch.as_tensor(queries.target)
+        extra = self.entity_mask[targets].sum(1).numpy() if with_targets else np.zeros_like(prompt_len)
+        total = prompt_len + extra
+        width = int(total.max())
+        # Vectorised ragged copy: position j of row b takes prompt token starts[b] + j.
+        pos = np.arange(width)[None, :]
+        in_prompt = pos < prompt_len[:, None]
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        ids[in_prompt] = self.prompt_flat[(starts[:, None] + pos)[in_prompt]]
+        if with_targets:
+            tokens = self.entity_tokens[targets].numpy()
+            in_target = (pos >= prompt_len[:, None]) & (pos < total[:, None])
+            k_index = (pos - prompt_len[:, None])[in_target]
+            ids[in_target] = tokens[np.nonzero(in_target)[0], k_index]
+        mask = pos < total[:, None]
+        return Batch(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask).long(),
+            last=torch.from_numpy(prompt_len - 1),
+            target_tokens=self.entity_tokens[targets] if with_targets else None,
+            target_mask=self.entity_mask[targets] if with_targets else None,
+        )
+
+
+def encode_kg(kg: KnowledgeGraph, tokenizer: PreTrainedTokenizerBase, template: str, k: int) -> EncodedKG:
+    """Tokenise entity names (eq. 8) and every query's prompt once, cached on disk."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    key = cache_key(
+        kind="encoded",
+        digest=kg.digest,
+        tokenizer=tokenizer.name_or_path,
+        vocab=len(tokenizer),
+        template=TEMPLATES[template],
+        k=k,
+    )
+
+    def build(folder: Path) -> None:
+        answer = _answer_ids(tokenizer, list(kg.entity_names))
+        lengths = np.array([len(ids) for ids in answer], dtype=np.int64)
+        table = np.full((kg.num_entities, k), pad_id, dtype=np.int64)
+        for e, ids in enumerate(answer):
+            table[e, : min(len(ids), k)] = ids[:k]
+        triples = np.concatenate([kg.train, kg.valid, kg.test])
+        keys = np.unique(
+            np.concatenate(
+                [
+                    (TAIL * kg.num_relations + triples[:, 1]) * kg.num_entities + triples[:, 0],
+                    (HEAD * kg.num_relations + triples[:, 1]) * kg.num_entities + triples[:, 2],
+                ]
+            )
+        )
+        anchor = keys % kg.num_entities
+        relation = (keys // kg.num_entities) % kg.num_relations
+        direction = keys // (kg.num_entities * kg.num_relations)
+        texts = [
+            TEMPLATES[template][int(d)].format(entity=kg.entity_names[a], relation=kg.relation_names[r])
+            for a, r, d in zip(anchor, relation, direction, strict=True)
+        ]
+        prompts = tokenizer(texts, add_special_tokens=True)["input_ids"]
+        flat, offsets = _ragged(prompts)
+        np.savez(folder / "encoded.npz", table=table, lengths=lengths, keys=keys, flat=flat, offsets=offsets)
+
+    data = np.load(cached_dir("encoded", key, build) / "encoded.npz")
+    table = torch.from_numpy(data["table"])
+    lengths = data["lengths"]
+    return EncodedKG(
+        entity_tokens=table,
+        entity_mask=torch.arange(k)[None, :] < torch.from_numpy(np.minimum(lengths, k))[:, None],
+        name_lengths=lengths,
+        prompt_keys=data["keys"],
+        prompt_flat=data["flat"],
+        prompt_offsets=data["offsets"],
+        num_entities=kg.num_entities,
+        num_relations=kg.num_relations,
+        pad_id=pad_id,
+    )

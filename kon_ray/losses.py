@@ -1,0 +1,81 @@
+"""K-ON's losses: the entity contrastive loss (eq. 12 and options) and head trajectory tuning (eq. 13-14).
+
+Entity scores arrive as ``s`` from ``KON.entity_scores``: log p^e in probability space,
+raw logits in 'logit' space. Every loss returns the mean over queries.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kon_ray.config import LossConfig
+
+
+def _floored(log_p: torch.Tensor, floor: float) -> torch.Tensor:
+    """log(p + floor), computed from log p."""
+    return torch.logaddexp(log_p, torch.full_like(log_p, math.log(floor)))
+
+
+def eq12(pos: torch.Tensor, neg: torch.Tensor, floor: float) -> torch.Tensor:
+    """Eq. 12: -log p^e + mean_j log p^{e_j}, each log p taken as log(p + floor).
+
+    As printed eq. 12 has no lower bound: pushing negatives towards p = 0 lowers it without
+    limit. With the floor the loss is bounded below by log(floor) - log(1 + floor), and a
+    negative whose p is already far below the floor stops receiving gradient.
+    """
+    return (-_floored(pos, floor) + _floored(neg, floor).mean(-1)).mean()
+
+
+def infonce(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of the positive against its |N| negatives."""
+    logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1)
+    return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
+
+
+def bce_adversarial(pos: torch.Tensor, neg: torch.Tensor, temperature: float, probability: bool) -> torch.Tensor:
+    """The published code's loss: BCE with positives labelled 1 and negatives 0, each negative
+    weighted by softmax(temperature x score) over the query's negatives (self-adversarial,
+    RotatE's convention), weights detached."""
+    if probability:  # scores are log p: turn them into logits of p
+        pos = pos - torch.log1p(-pos.exp().clamp(max=1 - 1e-6))
+        neg = neg - torch.log1p(-neg.exp().clamp(max=1 - 1e-6))
+    weights = torch.softmax(neg.detach() * temperature, dim=-1)
+    return (-F.logsigmoid(pos) - (weights * F.logsigmoid(-neg)).sum(-1)).mean()
+
+
+def contrastive(pos: torch.Tensor, neg: torch.Tensor, config: LossConfig, probability: bool) -> torch.Tensor:
+    """L_nce for scores of the positive (B,) and the negatives (B, |N|)."""
+    if config.contrastive == "eq12":
+        return eq12(pos, neg, config.floor)
+    if config.contrastive == "infonce":
+        return infonce(pos, neg)
+    return bce_adversarial(pos, neg, config.adversarial_temperature, probability)
+
+
+def sft(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    """Eq. 13 on the backbone head's teacher-forced step logits (B, K, V) for the target's tokens.
+
+    'eq13': sum_k (-log p_k^e + mean_{j in V} log p_k^j), each log p taken as log(p + floor) as
+    in eq. 12 (as printed, the term equals mean logit minus target logit: unbounded).
+    'cross_entropy': sum_k -log p_k^e, the standard SFT loss. Padding steps are skipped.
+    """
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    target = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if config.sft == "eq13":
+        per_step = -_floored(target, config.floor) + _floored(log_p, config.floor).mean(-1)
+    else:
+        per_step = -target
+    return (per_step * mask).sum(-1).mean()
+
+
+def tdt(kon_logits: torch.Tensor, llm_logits: torch.Tensor, mask: torch.Tensor, detach_target: bool) -> torch.Tensor:
+    """Eq. 14: sum_k KL(p_k^{K-ON} || p_k^{LLM}) over the target's real steps."""
+    log_kon = F.log_softmax(kon_logits.float(), dim=-1)
+    log_llm = F.log_softmax(llm_logits.float(), dim=-1)
+    if detach_target:
+        log_llm = log_llm.detach()
+    kl = (log_kon.exp() * (log_kon - log_llm)).sum(-1)
+    return (kl * mask).sum(-1).mean()

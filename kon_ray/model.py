@@ -1,0 +1,161 @@
+"""K-ON: K head layers on an LLM that score every entity of a KG in one forward pass.
+
+The module follows the paper's equations in order (Guo et al., AAAI 2025):
+eq. 3 head MLPs, eq. 4-5 conditional attention, eq. 6-7 LoRA score layers,
+eq. 8-10 K-step gathering, eq. 11 joint entity probability. Losses live in
+``kon_ray.losses``; ranking in ``kon_ray.evaluation``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kon_ray.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """LlamaRMSNorm (Zhang and Sennrich, 2019)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype)
+
+
+class HeadMLP(nn.Module):
+    """Eq. 3: h_k^h = L_k^h(SiLU(W_k^h h_0^m)), W_k^h a d x d matrix without bias."""
+
+    def __init__(self, dim: int, zero_init: bool) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim, bias=False)
+        self.norm = RMSNorm(dim)
+        if zero_init:
+            # The MLP's output starts at zero (eq. 5's residual then gives h_0^m). Zeroing the
+            # RMSNorm gain rather than W_k^h keeps the gradient finite: RMSNorm at 0 has slope 1/sqrt(eps).
+            nn.init.zeros_(self.norm.weight)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.silu(self.linear(h)))
+
+
+class ScoreLoRA(nn.Module):
+    """Eq. 6-7: p_k = (W^S + A_k B_k) h_k^a for every step k, B_k zero-initialised.
+
+    ``W^S`` is the backbone's output head, shared by reference (frozen under LoRA tuning).
+    A single adapter serves all steps when ``shared`` (Table 3 'Shared Score Layer').
+    """
+
+    def __init__(self, steps: int, dim: int, vocab: int, rank: int, alpha: int, dropout: float) -> None:
+        super().__init__()
+        self.down = nn.Parameter(torch.empty(steps, rank, dim))
+        self.up = nn.Parameter(torch.zeros(steps, vocab, rank))
+        for k in range(steps):
+            nn.init.kaiming_uniform_(self.down[k], a=math.sqrt(5))
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, output_weight: torch.Tensor) -> torch.Tensor:
+        base = h @ output_weight.t()  # (B, K, V)
+        down = self.down.expand(h.shape[1], -1, -1) if self.down.shape[0] == 1 else self.down
+        up = self.up.expand(h.shape[1], -1, -1) if self.up.shape[0] == 1 else self.up
+        low = torch.einsum("bkd,krd->bkr", self.dropout(h), down)
+        return base + self.scale * torch.einsum("bkr,kvr->bkv", low, up)
+
+
+class KON(nn.Module):
+    """The K-ON head layers. ``forward`` maps h_0^m to K step logits; ``entity_scores`` gathers."""
+
+    def __init__(self, config: ModelConfig, dim: int, vocab: int) -> None:
+        super().__init__()
+        self.config = config
+        k = config.k
+        mlps = 1 if config.shared_head_mlp else k
+        self.head_mlps = nn.ModuleList(HeadMLP(dim, config.head_init == "zero") for _ in range(mlps))
+        self.attention = (
+            nn.MultiheadAttention(
+                dim, config.attention_heads, dropout=config.attention_dropout, bias=False, batch_first=True
+            )
+            if config.conditional_attention
+            else None
+        )
+        # Eq. 4: M_ij = 1 if i >= j; stored as the boolean "may not attend" mask (i < j).
+        self.register_buffer("causal", torch.ones(k, k, dtype=torch.bool).triu(1), persistent=False)
+        self.score = ScoreLoRA(
+            1 if config.shared_score_layer else k,
+            dim,
+            vocab,
+            config.score_lora_r,
+            config.score_lora_alpha,
+            config.score_lora_dropout,
+        )
+        # Eq. 11 step weights alpha_k: parameters (so the optimiser updates them) or a constant buffer.
+        if config.joint_weights == "learnable":
+            self.step_weights = nn.Parameter(torch.zeros(k))
+        else:
+            self.register_buffer("step_weights", torch.zeros(k))
+
+    def forward(self, h0: torch.Tensor, output_weight: torch.Tensor) -> torch.Tensor:
+        """h0: (B, d) last hidden state of the query (eq. 1). Returns step logits (B, K, V)."""
+        k = self.config.k
+        if len(self.head_mlps) == 1:
+            hh = self.head_mlps[0](h0).unsqueeze(1).expand(-1, k, -1)  # eq. 3, one shared MLP
+        else:
+            hh = torch.stack([mlp(h0) for mlp in self.head_mlps], dim=1)  # eq. 3: (B, K, d)
+        mixed = h0.unsqueeze(1)
+        if self.attention is not None:
+            # Eq. 4-5: step k attends to head outputs 0..k only.
+            attended, _ = self.attention(hh, hh, hh, attn_mask=self.causal, need_weights=False)
+        else:
+            attended = hh
+        if self.config.residual == "paper":
+            ha = attended + mixed  # eq. 5
+        elif self.attention is not None:
+            ha = 0.2 * attended + 0.5 * mixed + 0.8 * hh  # the published code's mixing
+        else:
+            ha = 0.5 * mixed + 0.8 * hh
+        return self.score(ha, output_weight)  # eq. 6-7
+
+    def step_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-step token scores P (eq. 9): log-probabilities, or raw logits in 'logit' space."""
+        if self.config.score_space == "probability":
+            return F.log_softmax(logits.float(), dim=-1)
+        return logits.float()
+
+    def entity_scores(self, step_scores: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 8-11: the joint score of candidate entities.
+
+        step_scores: (B, K, V) from ``step_log_probs``. tokens, mask: the candidates' eq. 8 token
+        ids and real-token mask, either (C, K) shared by every row (e.g. all entities) or (B, C, K).
+        Returns (B, C): log p^e in probability space (eq. 11), a logit score in 'logit' space.
+        Padding steps never contribute.
+        """
+        if tokens.dim() == 2:
+            # Eq. 10 for all rows at once: P[:, k, t_k^e] for every candidate e.
+            gathered = torch.stack([step_scores[:, k, tokens[:, k]] for k in range(tokens.shape[1])], dim=-1)
+            mask = mask.unsqueeze(0)
+        else:
+            index = tokens.transpose(1, 2)  # (B, K, C)
+            gathered = step_scores.gather(2, index).transpose(1, 2)  # (B, C, K)
+        return self._joint(gathered, mask)
+
+    def _joint(self, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 11 and Table 4, over real tokens only. p: (..., K) per-token scores."""
+        theta = self.step_weights.float()
+        if self.config.joint == "product":
+            # prod_k p_k^{alpha_k}: a sum of weighted log-probabilities; alpha_k = exp(theta_k) > 0.
+            return (p * theta.exp() * mask).sum(-1)
+        # sum_k alpha_k p_k with alpha = softmax(theta) over the entity's real tokens, so that
+        # every entity's weights sum to 1 whatever its length and p^e stays in (0, 1].
+        log_alpha = torch.where(mask, theta, torch.finfo(p.dtype).min)
+        log_alpha = log_alpha - log_alpha.logsumexp(-1, keepdim=True)
+        if self.config.score_space == "probability":
+            return torch.where(mask, p + log_alpha, float("-inf")).logsumexp(-1)  # log sum_k alpha_k p_k
+        return (p * log_alpha.exp() * mask).sum(-1)  # published: weighted mean of logits

@@ -1,0 +1,61 @@
+"""Typed configs: paper defaults, validation messages, dotted overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from kon_ray.config import ConfigError, ModelConfig, RunConfig, apply_overrides
+
+
+def test_defaults_are_the_papers() -> None:
+    c = RunConfig()
+    assert (c.model.k, c.loss.negatives, c.train.lr) == (8, 128, 1e-4)
+    assert (c.train.micro_batch, c.train.grad_accum, c.train.epochs, c.train.warmup_steps) == (12, 8, 5.0, 50)
+    assert (c.model.joint, c.model.joint_weights, c.model.score_space, c.model.residual) == (
+        "sum",
+        "learnable",
+        "probability",
+        "paper",
+    )
+    assert c.loss.contrastive == "eq12" and c.model.head_init == "zero"
+
+
+def test_overrides_are_typed() -> None:
+    c = apply_overrides(
+        RunConfig(),
+        ["model.k=4", "data.dataset=MKG-W", "train.max_minutes=5", "model.conditional_attention=false",
+         "model.lora_targets=q_proj,v_proj", "data.valid_limit=none", "model.embedded.layers=2"],
+    )
+    assert c.model.k == 4 and c.data.dataset == "MKG-W" and c.train.max_minutes == 5.0
+    assert c.model.conditional_attention is False and c.model.lora_targets == ("q_proj", "v_proj")
+    assert c.data.valid_limit is None and c.model.embedded.layers == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.k=0", "model.k=0: the number of K-ON heads must be >= 1"),
+        ("model.kk=3", "unknown key 'kk' in 'model'"),
+        ("modle.k=3", "unknown key 'modle' at the top level"),
+        ("model.k=four", "expected an integer"),
+        ("model.joint=max", "must be one of 'sum', 'product'"),
+        ("loss.negatives=0", "loss.negatives=0"),
+        ("train.lr=-1", "train.lr=-1.0: must be > 0"),
+        ("model=3", "is a section"),
+        ("model.k", "expected key=value"),
+    ],
+)
+def test_bad_values_name_the_field(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        apply_overrides(RunConfig(), [override])
+
+
+def test_roundtrip_through_dict() -> None:
+    c = apply_overrides(RunConfig(), ["model.k=3", "loss.contrastive=infonce"])
+    assert RunConfig.from_dict(c.to_dict()) == c
+
+
+def test_auto_tuning() -> None:
+    assert ModelConfig().tuning == "full"
+    assert ModelConfig(backbone="some/llm").tuning == "lora"
+    assert ModelConfig(backbone="some/llm", backbone_tuning="full").tuning == "full"

@@ -1,0 +1,149 @@
+"""The K-ON head, equation by equation, on a tiny Llama built from a config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from kon_ray.config import ModelConfig
+from kon_ray.model import KON
+
+DIM, VOCAB, K = 32, 50, 4
+
+
+@pytest.fixture
+def llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=DIM,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def make_kon(**changes: object) -> KON:
+    torch.manual_seed(1)
+    config = dataclasses.replace(ModelConfig(k=K, attention_heads=4), **changes)
+    return KON(config, DIM, VOCAB).eval()
+
+
+def test_zero_init_reproduces_backbone_distribution(llama: LlamaForCausalLM) -> None:
+    """Eq. 3 zero init + eq. 5 residual + eq. 6 B_k = 0: every step equals the LLM's next token."""
+    ids = torch.randint(0, VOCAB, (3, 7))
+    out = llama(input_ids=ids, output_hidden_states=True)
+    h0 = out.hidden_states[-1][:, -1]
+    expected = torch.log_softmax(out.logits[:, -1], dim=-1)
+    for conditional_attention in (True, False):
+        kon = make_kon(conditional_attention=conditional_attention)
+        steps = kon.step_log_probs(kon(h0, llama.lm_head.weight))
+        assert steps.shape == (3, K, VOCAB)
+        for k in range(K):
+            torch.testing.assert_close(steps[:, k], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_default_init_does_not_reproduce_backbone(llama: LlamaForCausalLM) -> None:
+    """The published code's default init: the check above would fail (so it can fail)."""
+    ids = torch.randint(0, VOCAB, (2, 5))
+    out = llama(input_ids=ids, output_hidden_states=True)
+    kon = make_kon(head_init="default")
+    steps = kon.step_log_probs(kon(out.hidden_states[-1][:, -1], llama.lm_head.weight))
+    assert not torch.allclose(steps[:, 0], torch.log_softmax(out.logits[:, -1], dim=-1), atol=1e-3)
+
+
+def test_conditional_attention_is_causal() -> None:
+    """Eq. 4: step k's output does not change when a later step's head output changes."""
+    kon = make_kon(head_init="default")
+    h0 = torch.randn(2, DIM)
+    weight = torch.randn(VOCAB, DIM, generator=torch.Generator().manual_seed(0))
+    base = kon(h0, weight)
+    with torch.no_grad():
+        kon.head_mlps[2].linear.weight.add_(torch.randn(DIM, DIM))  # perturb step 2's input only
+    changed = kon(h0, weight)
+    torch.testing.assert_close(changed[:, :2], base[:, :2])
+    assert not torch.allclose(changed[:, 2:], base[:, 2:])
+
+
+def test_shared_variants_have_one_module() -> None:
+    shared = make_kon(shared_head_mlp=True, shared_score_layer=True)
+    separate = make_kon()
+    assert len(shared.head_mlps) == 1 and len(separate.head_mlps) == K
+    assert shared.score.up.shape[0] == 1 and separate.score.up.shape[0] == K
+    out = shared(torch.randn(2, DIM), torch.randn(VOCAB, DIM))
+    assert out.shape == (2, K, VOCAB)
+
+
+def test_score_lora_starts_as_the_output_head() -> None:
+    """Eq. 6: B_k = 0 at init, so W_k^S = W^S."""
+    kon = make_kon()
+    assert torch.count_nonzero(kon.score.up) == 0
+    h = torch.randn(2, K, DIM)
+    weight = torch.randn(VOCAB, DIM)
+    torch.testing.assert_close(kon.score(h, weight), h @ weight.t())
+
+
+def naive_entity_score(step: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor, joint: str):
+    """Eq. 10-11 written out with loops, in probability space."""
+    scores = torch.empty(step.shape[0], tokens.shape[0])
+    for b in range(step.shape[0]):
+        for e in range(tokens.shape[0]):
+            real = [k for k in range(tokens.shape[1]) if mask[e, k]]
+            p = [step[b, k, tokens[e, k]].exp() for k in real]
+            if joint == "sum":
+                alpha = torch.softmax(theta[real], 0)
+                scores[b, e] = torch.log(sum(a * pk for a, pk in zip(alpha, p)))
+            else:
+                scores[b, e] = sum(theta[k].exp() * torch.log(pk) for k, pk in zip(real, p))
+    return scores
+
+
+@pytest.mark.parametrize("joint", ["sum", "product"])
+def test_gathering_matches_naive_reference(joint: str) -> None:
+    """Eq. 8-11 vectorised (all entities, and per-row candidates) against loops; padding masked."""
+    kon = make_kon(joint=joint)
+    with torch.no_grad():
+        kon.step_weights.copy_(torch.tensor([0.3, -0.2, 0.5, 0.0]))
+    step = torch.log_softmax(torch.randn(3, K, VOCAB), dim=-1)
+    tokens = torch.randint(0, VOCAB, (6, K))
+    lengths = torch.tensor([1, 2, 4, 3, 4, 1])
+    mask = torch.arange(K)[None] < lengths[:, None]
+    tokens[~mask] = 0  # padding id, never gathered
+    expected = naive_entity_score(step, tokens, mask, kon.step_weights.detach(), joint)
+    torch.testing.assert_close(kon.entity_scores(step, tokens, mask), expected, atol=1e-5, rtol=1e-5)
+    per_row = torch.tensor([[0, 2, 5], [1, 1, 3], [4, 0, 2]])
+    got = kon.entity_scores(step, tokens[per_row], mask[per_row])
+    torch.testing.assert_close(got, expected.gather(1, per_row), atol=1e-5, rtol=1e-5)
+
+
+def test_padding_does_not_change_scores() -> None:
+    """A padded step's token id must not matter."""
+    kon = make_kon()
+    step = torch.log_softmax(torch.randn(2, K, VOCAB), dim=-1)
+    tokens = torch.tensor([[5, 6, 0, 0]])
+    mask = torch.tensor([[True, True, False, False]])
+    other = torch.tensor([[5, 6, 17, 33]])
+    torch.testing.assert_close(kon.entity_scores(step, tokens, mask), kon.entity_scores(step, other, mask))
+
+
+def test_learnable_step_weights_are_updated_by_the_optimiser() -> None:
+    kon = make_kon()
+    assert any(p is kon.step_weights for p in kon.parameters())
+    optimizer = torch.optim.AdamW(kon.parameters(), lr=0.1)
+    step = torch.log_softmax(torch.randn(2, K, VOCAB), dim=-1)
+    tokens = torch.randint(0, VOCAB, (5, K))
+    before = kon.step_weights.detach().clone()
+    kon.entity_scores(step, tokens, torch.ones(5, K, dtype=torch.bool))[:, 0].sum().backward()
+    optimizer.step()
+    assert not torch.allclose(before, kon.step_weights.detach())
+
+
+def test_constant_step_weights_are_not_parameters() -> None:
+    kon = make_kon(joint_weights="constant")
+    assert all(p is not kon.step_weights for p in kon.parameters())
