@@ -15,11 +15,18 @@ log = logging.getLogger("kon_ray")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from kon_ray.training import run
-
     config = apply_overrides(RunConfig(), args.overrides)
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
-    metrics = run(config, out)
+    if args.no_ray:
+        if config.train.workers != 1:
+            raise ConfigError(f"train.workers={config.train.workers}: --no-ray runs exactly one worker")
+        from kon_ray.training import run
+
+        metrics = run(config, out)
+    else:
+        from kon_ray.distributed import launch
+
+        metrics = launch(config, out, args.address, args.storage, max_failures=args.max_failures)
     print(
         f"test MRR {metrics['test.mrr']:.4f}  Hits@1 {metrics['test.hits@1']:.4f}  "
         f"Hits@3 {metrics['test.hits@3']:.4f}  Hits@10 {metrics['test.hits@10']:.4f}  "
@@ -64,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train K-ON and evaluate it (filtered ranking)")
     train.add_argument("overrides", nargs="*", help="dotted key=value settings, e.g. model.k=4 train.max_minutes=5")
     train.add_argument("--out", help="output folder (default: runs/train-<time>)")
+    train.add_argument("--address", help="join this Ray cluster ('auto' on a cluster node); default: a local Ray")
+    train.add_argument("--storage", help="Ray Train storage for checkpoints (default: OUT/ray; s3://... on a cluster)")
+    train.add_argument("--max-failures", type=int, default=1, help="worker-group restarts from the last checkpoint")
+    train.add_argument("--no-ray", action="store_true", help="one worker in this process, for debugging")
     train.set_defaults(func=_train)
 
     data = commands.add_parser("data", help="inspect a KG").add_subparsers(dest="data_command", required=True)

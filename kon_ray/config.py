@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 EMBEDDED = "embedded"
+PAPER_LR = 1e-4
+EMBEDDED_LR = 1e-3
 
 
 class ConfigError(ValueError):
@@ -186,11 +188,17 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 1e-4
+    lr: float | None = None
+    """None: the paper's 1e-4 for a pretrained backbone; EMBEDDED_LR for the embedded one,
+    which is trained from random weights."""
     epochs: float = 5.0
     warmup_steps: int = 50
+    schedule: Literal["linear", "constant"] = "linear"
+    """After warm-up: 'linear' decays to 0 at the end of the step or time budget."""
     micro_batch: int = 12
-    """Queries per device per forward pass (the paper: 12)."""
+    """Queries per device per forward pass (the paper: 12); derived when batch_size is set."""
+    batch_size: int | None = None
+    """Global queries per optimiser step; when set, micro_batch = batch_size / (workers x grad_accum)."""
     grad_accum: int = 8
     """Micro-batches per optimiser step (the paper: 8)."""
     grad_clip: float = 1.0
@@ -203,9 +211,19 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     """torch CPU threads per process; None: torch's default."""
+    workers: int = 1
+    """Data-parallel Ray Train workers, each running DeepSpeed."""
+    gpus_per_worker: float = 0.0
+    """0: CPU workers (gloo, fp32); >= 1: CUDA workers (nccl, bf16)."""
+    cpus_per_worker: float = 1.0
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-3."""
+    deepspeed_config: str | None = None
+    """Path of a DeepSpeed JSON to use instead of the one built from these settings."""
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        _check_literals(self)
+        _check(self.lr is None or self.lr > 0, f"train.lr={self.lr}: must be > 0 or None")
         _check(self.epochs > 0, f"train.epochs={self.epochs}: must be > 0")
         _check(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps}: must be >= 0")
         _check(self.micro_batch >= 1, f"train.micro_batch={self.micro_batch}: must be >= 1")
@@ -219,6 +237,26 @@ class TrainConfig:
         _check(self.max_steps is None or self.max_steps >= 1, f"train.max_steps={self.max_steps}: must be >= 1")
         _check(self.evals_per_epoch >= 1, f"train.evals_per_epoch={self.evals_per_epoch}: must be >= 1")
         _check(self.threads is None or self.threads >= 1, f"train.threads={self.threads}: must be >= 1")
+        _check(self.workers >= 1, f"train.workers={self.workers}: must be >= 1")
+        _check(self.gpus_per_worker >= 0, f"train.gpus_per_worker={self.gpus_per_worker}: must be >= 0")
+        _check(self.cpus_per_worker > 0, f"train.cpus_per_worker={self.cpus_per_worker}: must be > 0")
+        _check(
+            self.zero_stage in (0, 1, 2, 3),
+            f"train.zero_stage={self.zero_stage}: DeepSpeed ZeRO stages are 0, 1, 2 and 3",
+        )
+        if self.batch_size is not None:
+            parts = self.workers * self.grad_accum
+            _check(
+                self.batch_size % parts == 0,
+                f"train.batch_size={self.batch_size}: must be divisible by train.workers x train.grad_accum "
+                f"= {self.workers} x {self.grad_accum} = {parts}",
+            )
+            object.__setattr__(self, "micro_batch", self.batch_size // parts)
+
+    @property
+    def global_batch(self) -> int:
+        """Queries per optimiser step over all workers."""
+        return self.micro_batch * self.grad_accum * self.workers
 
 
 @dataclass(frozen=True)
@@ -240,6 +278,13 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def learning_rate(self) -> float:
+        """``train.lr``, or the default for the backbone when it is None."""
+        if self.train.lr is not None:
+            return self.train.lr
+        return EMBEDDED_LR if self.model.backbone == EMBEDDED else PAPER_LR
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -295,21 +340,25 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     raise ConfigError(f"{key}: cannot set a value of type {hint}")
 
 
-def _replace(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
+def _replace(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
+    """``obj`` with nested ``changes`` applied, each dataclass rebuilt (and validated) once."""
     names = [f.name for f in dataclasses.fields(obj)]
-    head = path[0]
-    if head not in names:
-        section = full_key[: len(full_key) - len(".".join(path))].rstrip(".")
-        where = f"in '{section}'" if section else "at the top level"
-        raise ConfigError(f"{full_key}: unknown key {head!r} {where}; valid keys: {', '.join(names)}")
-    current = getattr(obj, head)
-    if len(path) > 1:
-        _check(dataclasses.is_dataclass(current), f"{full_key}: {head!r} has no sub-keys")
-        return dataclasses.replace(obj, **{head: _replace(current, path[1:], value, full_key)})
-    if dataclasses.is_dataclass(current):
-        raise ConfigError(f"{full_key}: is a section; set one of its keys, e.g. {full_key}.<key>=...")
-    hint = typing.get_type_hints(type(obj))[head]
-    return dataclasses.replace(obj, **{head: _coerce(full_key, hint, value)})
+    hints = typing.get_type_hints(type(obj))
+    values: dict[str, Any] = {}
+    for name, change in changes.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            where = f"in '{prefix.rstrip('.')}'" if prefix else "at the top level"
+            raise ConfigError(f"{key}: unknown key {name!r} {where}; valid keys: {', '.join(names)}")
+        current = getattr(obj, name)
+        if isinstance(change, dict):
+            _check(dataclasses.is_dataclass(current), f"{key}: has no sub-keys")
+            values[name] = _replace(current, change, f"{key}.")
+        elif dataclasses.is_dataclass(current):
+            raise ConfigError(f"{key}: is a section; set one of its keys, e.g. {key}.<key>=...")
+        else:
+            values[name] = _coerce(key, hints[name], change)
+    return dataclasses.replace(obj, **values)
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any] | list[str]) -> RunConfig:
@@ -321,6 +370,12 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any] | list[str]) ->
             _check(bool(sep) and bool(key), f"override {item!r}: expected key=value, e.g. model.k=4")
             pairs[key.strip()] = value.strip()
         overrides = pairs
+    nested: dict[str, Any] = {}
     for key, value in overrides.items():
-        config = _replace(config, key.split("."), value, key)
-    return config
+        *path, last = key.split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+            _check(isinstance(node, dict), f"{key}: conflicts with another override")
+        node[last] = value
+    return _replace(config, nested, "")

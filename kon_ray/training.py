@@ -1,13 +1,16 @@
-"""Training K-ON in one process: ``setup -> fit -> evaluate``, plain functions.
+"""Training K-ON: ``setup -> fit -> evaluate``, plain functions, on one or many DeepSpeed workers.
 
-``run`` is the whole job: it writes ``metrics.json`` and the per-query ``ranks.parquet``.
+``train_and_test`` is the job of one data-parallel worker; ``run`` runs it in this process
+without Ray, and ``kon_ray.distributed`` runs it on Ray Train workers.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+import torch.distributed as dist
 from peft import PeftModel
 from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from kon_ray import losses
-from kon_ray.backbone import load_backbone, load_tokenizer
+from kon_ray import checkpoint, losses
+from kon_ray.backbone import load_backbone, load_tokenizer, resolve_dtype
+from kon_ray.checkpoint import LoopState, load_trainable, trainable_state
 from kon_ray.config import ConfigError, RunConfig
 from kon_ray.data import AnswerIndex, KnowledgeGraph, Queries, both_directions, load_kg, sample_negatives
 from kon_ray.data.prompts import Batch, EncodedKG, encode_kg
@@ -153,10 +159,39 @@ def compute_losses(s: Setup, queries: Queries, negatives: torch.Tensor) -> dict[
     return out
 
 
-def evaluate(s: Setup, split: str, limit: int | None) -> tuple[dict[str, float], Any]:
-    """Filtered ranking of ``split`` (both directions) against all entities."""
-    triples = getattr(s.kg, split)[:limit]
-    queries = both_directions(triples)
+@dataclass(frozen=True)
+class World:
+    """This process's place among the data-parallel workers."""
+
+    rank: int = 0
+    size: int = 1
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order (collective)."""
+        if self.size == 1:
+            return [value]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, value)
+        return out
+
+    def reduce(self, value: float, op: str) -> float:
+        if self.size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return t.item() / (self.size if op == "mean" else 1)
+
+    def shard(self, n: int) -> np.ndarray:
+        """Row indices of this rank; every rank gets the same count (padded by repeats, flagged -1)."""
+        per_rank = math.ceil(n / self.size)
+        index = np.arange(self.rank, per_rank * self.size, self.size)
+        return np.where(index < n, index, -1)
+
+
+def evaluate(s: Setup, split: str, limit: int | None, world: World = World()) -> tuple[dict[str, float], pd.DataFrame]:
+    """Filtered ranking of ``split`` (both directions) against all entities, queries sharded over ranks."""
+    queries = both_directions(getattr(s.kg, split)[:limit])
+    shard = world.shard(len(queries))
     model = s.model
     was_training = model.training
     model.eval()
@@ -165,128 +200,205 @@ def evaluate(s: Setup, split: str, limit: int | None) -> tuple[dict[str, float],
         batch = s.encoded.batch(chunk, with_targets=False).to(s.device)
         return model.scores_all(batch, s.entity_tokens, s.entity_mask).float()
 
-    table = rank_queries(score, queries, s.filter_index, s.config.eval.query_chunk)
+    local = rank_queries(score, queries.take(np.maximum(shard, 0)), s.filter_index, s.config.eval.query_chunk)
+    local["query"] = shard
     model.train(was_training)
+    table = pd.concat(world.gather(local[shard >= 0]), ignore_index=True).sort_values("query")
+    table = table.drop(columns="query").reset_index(drop=True)
     return metrics_from_table(table, s.config.eval.ties), table
 
 
-def lr_lambda(warmup: int) -> Callable[[int], float]:
-    """Linear warm-up to the full learning rate, then constant."""
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """Seed of one micro-batch's negatives and dropout: the same whatever the number of workers."""
+    return int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0])
 
 
 @dataclass
-class FitResult:
-    history: list[dict[str, float]]
-    steps: int
-    step_time_s: float
-    train_time_s: float
-    best_valid: dict[str, float]
+class Schedule:
+    """Warm-up, then constant or linear decay to 0 at the end of the step or time budget."""
+
+    warmup: int
+    linear: bool
+    progress: float = 0.0  # fraction of the budget used, shared by every rank
+
+    def __call__(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup) if self.warmup > 0 else 1.0
+        return warm * (max(0.0, 1.0 - self.progress) if self.linear else 1.0)
 
 
-def fit(s: Setup, report: Callable[[dict[str, float]], None] | None = None) -> FitResult:
-    """Train until the epochs, step or time budget run out; keep the best-validating weights."""
+def deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
+    """DeepSpeed settings from the run's config, or the user's JSON (``train.deepspeed_config``)."""
+    t = config.train
+    if t.deepspeed_config:
+        user = json.loads(Path(t.deepspeed_config).read_text())
+        for key, value in (("train_micro_batch_size_per_gpu", t.micro_batch), ("gradient_accumulation_steps", t.grad_accum)):
+            if user.setdefault(key, value) != value:
+                raise ConfigError(f"{t.deepspeed_config}: {key}={user[key]} disagrees with train settings ({value})")
+        return user
+    return {
+        "train_micro_batch_size_per_gpu": t.micro_batch,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.global_batch,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+    }
+
+
+def init_process_group() -> None:
+    """A one-process gloo group on loopback, for running without Ray (DeepSpeed needs a group)."""
+    if dist.is_initialized():
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+
+
+def make_engine(s: Setup) -> tuple[Any, Schedule]:
+    """``deepspeed.initialize`` with AdamW over the trainable weights and the warm-up schedule."""
+    import deepspeed  # heavy import, only where training starts
+
+    t = s.config.train
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=s.config.learning_rate, weight_decay=t.weight_decay)
+    schedule = Schedule(t.warmup_steps, t.schedule == "linear")
+    bf16 = resolve_dtype(s.config.model, s.device) == torch.bfloat16
+    engine, _, _, _ = deepspeed.initialize(
+        model=s.model,
+        optimizer=optimizer,
+        lr_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        config=deepspeed_config(s.config, bf16),
+    )
+    return engine, schedule
+
+
+OnEval = Callable[[Any, dict[str, float], LoopState, "dict[str, torch.Tensor] | None"], None]
+"""Called on every rank after each validation with (engine, record, state, best weights)."""
+
+
+def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopState,
+        best: dict[str, torch.Tensor] | None, on_eval: OnEval) -> dict[str, torch.Tensor] | None:
+    """Train from ``state`` until the epoch, step or time budget runs out; return the best weights.
+
+    Each optimiser step takes the next ``global_batch`` rows of a seeded permutation and splits
+    them into ``grad_accum x workers`` micro-batches; rank r takes micro-batches r, r + workers, ...
+    so that any number of workers sees the same data, negatives and dropout for a given seed.
+    ``on_eval`` runs on every rank after each validation (checkpoint, report).
+    """
     cfg = s.config.train
-    model = s.model
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps))
     queries = both_directions(s.kg.train)
-    global_batch = cfg.micro_batch * cfg.grad_accum
-    steps_per_epoch = max(1, len(queries) // global_batch)
-    total_steps = math.ceil(cfg.epochs * steps_per_epoch)
+    steps_per_epoch = max(1, len(queries) // cfg.global_batch)
+    total = math.ceil(cfg.epochs * steps_per_epoch)
     if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+        total = min(total, cfg.max_steps)
     eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
-    generator = torch.Generator().manual_seed(cfg.seed)
     budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-
-    history: list[dict[str, float]] = []
-    best: tuple[float, dict[str, torch.Tensor] | None, dict[str, float]] = (-1.0, None, {})
-    train_time = 0.0
-    step = 0
+    engine.train()
     running: dict[str, float] = {}
-    bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
-    order = np.empty(0, dtype=np.int64)
-    while step < total_steps and train_time < budget:
-        epoch, within = divmod(step, steps_per_epoch)
-        if within == 0 or len(order) == 0:
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(queries))
+    order, order_epoch = np.empty(0, dtype=np.int64), -1
+    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=world.rank != 0 or None, mininterval=2.0)
+    while state.step < total and state.train_time_s < budget:
+        epoch, within = divmod(state.step, steps_per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = np.random.default_rng([cfg.seed, epoch]).permutation(len(queries)), epoch
         start = time.perf_counter()
-        rows = order[within * global_batch : (within + 1) * global_batch]
-        for micro in np.array_split(rows, cfg.grad_accum):
-            chunk = queries.take(micro)
+        rows = order[within * cfg.global_batch : (within + 1) * cfg.global_batch]
+        for a in range(cfg.grad_accum):
+            micro = a * world.size + world.rank
+            seed = micro_seed(cfg.seed, state.step, micro)
+            torch.manual_seed(seed)
+            chunk = queries.take(rows[micro * cfg.micro_batch : (micro + 1) * cfg.micro_batch])
+            generator = torch.Generator().manual_seed(seed)
             negatives = sample_negatives(s.train_index, chunk, s.config.loss.negatives, generator).to(s.device)
             terms = compute_losses(s, chunk, negatives)
-            (terms["loss"] / cfg.grad_accum).backward()
+            engine.backward(terms["loss"])
+            engine.step()
             for name, value in terms.items():
                 running[name] = running.get(name, 0.0) + value.item() / cfg.grad_accum
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_time += time.perf_counter() - start
-        step += 1
+        state.step += 1
+        state.train_time_s += world.reduce(time.perf_counter() - start, "max")
+        schedule.progress = max(state.step / total, state.train_time_s / budget)
         bar.update(1)
-        bar.set_postfix(loss=f"{terms['loss'].item():.3f}", qps=f"{step * global_batch / train_time:.0f}")
-        at_end = step >= total_steps or train_time >= budget
-        if step % eval_every == 0 or at_end:
-            valid, _ = evaluate(s, "valid", s.config.data.valid_limit)
+        bar.set_postfix(loss=f"{terms['loss'].item():.3f}", qps=f"{state.step * cfg.global_batch / state.train_time_s:.0f}")
+        if state.step % eval_every == 0 or state.step >= total or state.train_time_s >= budget:
+            valid, _ = evaluate(s, "valid", s.config.data.valid_limit, world)
+            steps = state.step - (state.history[-1]["step"] if state.history else 0)
             record = {
-                "step": step,
-                "epoch": step / steps_per_epoch,
-                "train_time_s": train_time,
-                **{f"train.{k}": v / (step - (history[-1]["step"] if history else 0)) for k, v in running.items()},
+                "step": state.step,
+                "epoch": state.step / steps_per_epoch,
+                "train_time_s": state.train_time_s,
+                "queries_per_s": steps * cfg.global_batch / max(state.train_time_s - (state.history[-1]["train_time_s"] if state.history else 0.0), 1e-9),
+                "lr": engine.get_lr()[0],
+                **{f"train.{k}": world.reduce(v / steps, "mean") for k, v in running.items()},
                 **{f"valid.{k}": v for k, v in valid.items()},
             }
             running = {}
-            history.append(record)
-            log.info("step %d valid mrr %.4f", step, valid["mrr"])
-            if valid["mrr"] > best[0]:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items() if _trained(model, k)}
-                best = (valid["mrr"], state, valid)
-            if report is not None:
-                report(record)
+            state.history.append(record)
+            log.info("step %d: valid MRR %.4f", state.step, valid["mrr"])
+            if valid["mrr"] > state.best_mrr:
+                state.best_valid = valid
+                best = trainable_state(engine.module)
+            on_eval(engine, record, state, best)
     bar.close()
-    if best[1] is not None:
-        model.load_state_dict(best[1], strict=False)
-    return FitResult(
-        history=history,
-        steps=step,
-        step_time_s=train_time / max(step, 1),
-        train_time_s=train_time,
-        best_valid=best[2],
-    )
+    return best
 
 
-def _trained(model: nn.Module, key: str) -> bool:
-    params = dict(model.named_parameters())
-    return key in params and params[key].requires_grad or key.endswith("step_weights")
-
-
-def run(config: RunConfig, out: Path, report: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """The whole job: setup, fit, test; writes ``metrics.json`` and ``ranks.parquet`` into ``out``."""
+def train_and_test(
+    config: RunConfig, world: World, on_eval: OnEval, resume: Path | None = None, device: torch.device | None = None
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """setup -> fit -> test on one worker of ``world``: the final metrics and the test rank table."""
     started = time.time()
-    s = setup(config)
-    result = fit(s, report)
-    test, table = evaluate(s, "test", config.data.test_limit)
-    write_rank_table(table, out / "ranks.parquet")
+    if resume is not None:
+        checkpoint.check_same_run(resume, config.to_dict())
+    s = setup(config, device)
+    engine, schedule = make_engine(s)
+    state, best = LoopState(), None
+    if resume is not None:
+        state, best = checkpoint.load(resume, engine)
+        log.info("resumed at step %d", state.step)
+    best = fit(s, engine, schedule, world, state, best, on_eval)
+    if best is not None:
+        load_trainable(engine.module, best)
+    test, table = evaluate(s, "test", config.data.test_limit, world)
     metrics: dict[str, Any] = {
         **{f"test.{k}": v for k, v in test.items()},
-        **{f"valid.{k}": v for k, v in result.best_valid.items()},
+        **{f"valid.{k}": v for k, v in state.best_valid.items()},
         "trainable_params": trainable_parameters(s.model),
-        "steps": result.steps,
-        "step_time_s": result.step_time_s,
-        "train_time_s": result.train_time_s,
+        "steps": state.step,
+        "step_time_s": state.train_time_s / max(state.step, 1),
+        "train_time_s": state.train_time_s,
         "wall_time_s": time.time() - started,
-        "history": result.history,
+        "workers": world.size,
+        "history": state.history,
         "config": config.to_dict(),
         "data_hash": s.kg.digest,
         "dataset": s.kg.name,
         "device": str(s.device),
         **provenance(),
     }
+    return metrics, table
+
+
+def write_results(out: Path, metrics: dict[str, Any], table: pd.DataFrame) -> None:
+    write_rank_table(table, out / "ranks.parquet")
     write_json(out / "metrics.json", metrics)
+
+
+def run(config: RunConfig, out: Path) -> dict[str, Any]:
+    """The whole job in this process, without Ray: one worker, checkpoints in ``out/checkpoint``.
+
+    Re-running with the same ``out`` resumes from that checkpoint.
+    """
+    init_process_group()
+    ckpt = out / "checkpoint"
+
+    def on_eval(engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None) -> None:
+        checkpoint.save(ckpt, engine, state, best, 0, config.to_dict())
+
+    resume = ckpt if (ckpt / "state.json").exists() else None
+    metrics, table = train_and_test(config, World(), on_eval, resume)
+    write_results(out, metrics, table)
     return metrics

@@ -1,0 +1,92 @@
+"""K-ON on Ray Train workers running DeepSpeed over gloo, on a real local Ray bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from kon_ray.config import ConfigError
+from kon_ray.distributed import check_resources, launch
+from tests.conftest import tiny_config
+
+# The same global batch of 16 queries per step, split over 1 or 2 workers.
+STEPS = ["train.max_steps=8", "train.evals_per_epoch=4", "train.batch_size=16", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def losses(metrics: dict) -> list[float]:
+    return [record["train.loss"] for record in metrics["history"]]
+
+
+@pytest.mark.slow
+def test_two_workers_zero2_match_one_worker(local_ray: None, tiny_kg: Path, tmp_path: Path) -> None:
+    """2 CPU workers with ZeRO-2 train, report, and follow the 1-worker loss curve (same seed, batch)."""
+    two = launch(tiny_config(tiny_kg, *STEPS, "train.workers=2", "train.zero_stage=2"), tmp_path / "two")
+    one = launch(tiny_config(tiny_kg, *STEPS, "train.workers=1", "train.grad_accum=2"), tmp_path / "one")
+    assert two["workers"] == 2 and one["workers"] == 1
+    assert len(losses(two)) == len(losses(one)) >= 2
+    # Same micro-batches, negatives and dropout; only the gradient reduction order differs.
+    assert losses(two) == pytest.approx(losses(one), rel=1e-3)
+    assert two["test.mrr"] == pytest.approx(one["test.mrr"], abs=0.02)
+    assert (tmp_path / "two" / "metrics.json").exists() and (tmp_path / "two" / "ranks.parquet").exists()
+    for key in ("queries_per_s", "valid.mrr", "train.loss", "lr"):
+        assert key in two["history"][-1]
+    assert two["trainable_params"] > 0 and two["step_time_s"] > 0
+
+
+@pytest.mark.slow
+def test_crashed_run_resumes_to_the_same_result(local_ray: None, tiny_kg: Path, tmp_path: Path) -> None:
+    """A worker crash after a checkpoint: the group restarts from it and ends as if never stopped."""
+    config = tiny_config(tiny_kg, *STEPS, "train.workers=2", "train.zero_stage=2")
+    whole = launch(config, tmp_path / "whole")
+    crash = {"crash_after_step": 4, "crash_marker": str(tmp_path / "crashed")}
+    resumed = launch(config, tmp_path / "resumed", max_failures=1, loop_extra=crash)
+    assert (tmp_path / "crashed").exists()
+    assert resumed["steps"] == whole["steps"]
+    assert losses(resumed) == pytest.approx(losses(whole), rel=1e-4)
+    assert resumed["test.mrr"] == pytest.approx(whole["test.mrr"], abs=1e-6)
+
+
+def test_relaunch_with_other_settings_is_refused(tiny_kg: Path, tmp_path: Path) -> None:
+    from kon_ray.training import run
+
+    run(tiny_config(tiny_kg, "train.max_steps=2"), tmp_path)
+    with pytest.raises(ConfigError, match="model.k: 4 -> 3"):
+        run(tiny_config(tiny_kg, "train.max_steps=2", "model.k=3"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.zero_stage=4"], "ZeRO stages are 0, 1, 2 and 3"),
+        (["train.workers=2", "train.grad_accum=3", "train.batch_size=16"], "must be divisible by train.workers"),
+    ],
+)
+def test_bad_settings_rejected_on_construction(tiny_kg: Path, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(tiny_kg, *overrides)
+
+
+def test_more_gpus_than_the_cluster_has_is_rejected_before_workers_start(tiny_kg: Path) -> None:
+    config = tiny_config(tiny_kg, "train.workers=2", "train.gpus_per_worker=1")
+    with pytest.raises(ConfigError, match="needs 2 GPUs; the cluster has 0"):
+        check_resources(config, {"CPU": 2.0}, [{"CPU": 2.0}])
+    big = tiny_config(tiny_kg, "train.workers=1", "train.gpus_per_worker=8")
+    with pytest.raises(ConfigError, match="no node has that many GPUs"):
+        check_resources(big, {"CPU": 32.0, "GPU": 8.0}, [{"GPU": 4.0}, {"GPU": 4.0}])
+
+
+def test_launch_rejects_before_starting_ray(tiny_kg: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="loss.negatives"):
+        launch(tiny_config(tiny_kg, "loss.negatives=100000"), tmp_path)

@@ -1,0 +1,48 @@
+"""End to end in one process: K-ON learns a small KG, and L_nce matters (Table 3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kon_ray.config import ConfigError
+from kon_ray.training import evaluate, run, setup
+from tests.conftest import tiny_config
+
+
+def test_untrained_model_is_near_chance(tiny_kg: Path) -> None:
+    s = setup(tiny_config(tiny_kg))
+    metrics, _ = evaluate(s, "test", None)
+    assert metrics["mrr"] < 0.15
+
+
+@pytest.mark.slow
+def test_training_learns_and_writes_results(tiny_kg: Path, tmp_path: Path) -> None:
+    full = run(tiny_config(tiny_kg), tmp_path / "full")
+    untrained, _ = evaluate(setup(tiny_config(tiny_kg)), "test", None)
+    assert full["test.mrr"] > untrained["mrr"] + 0.3
+    written = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    for key in ("test.mrr", "test.hits@1", "test.hits@3", "test.hits@10", "valid.mrr", "trainable_params",
+                "step_time_s", "train_time_s", "config", "data_hash", "git"):
+        assert key in written
+    assert written["config"]["model"]["k"] == 4
+    ranks = pd.read_parquet(tmp_path / "full" / "ranks.parquet")
+    assert len(ranks) == 2 * 60 and set(ranks["direction"]) == {0, 1}
+
+    without_nce = run(tiny_config(tiny_kg, "loss.nce_weight=0"), tmp_path / "no-nce")
+    assert without_nce["test.mrr"] < full["test.mrr"] - 0.15
+
+
+def test_same_seed_same_result(tiny_kg: Path, tmp_path: Path) -> None:
+    a = run(tiny_config(tiny_kg, "train.max_steps=6"), tmp_path / "a")
+    b = run(tiny_config(tiny_kg, "train.max_steps=6"), tmp_path / "b")
+    assert a["history"][-1]["train.loss"] == b["history"][-1]["train.loss"]
+    assert a["test.mrr"] == b["test.mrr"]
+
+
+def test_negatives_must_be_fewer_than_entities(tiny_kg: Path) -> None:
+    with pytest.raises(ConfigError, match="loss.negatives=5000"):
+        setup(tiny_config(tiny_kg, "loss.negatives=5000"))
