@@ -90,7 +90,7 @@ def save(
 
 
 # Settings that may change between a run and its resumption: budgets and threads.
-RESUMABLE_CHANGES = {"train.max_minutes", "train.max_steps", "train.epochs", "train.threads"}
+RESUMABLE_CHANGES = {"train.max_minutes", "train.max_steps", "train.epochs", "train.threads", "train.cpus_per_worker"}
 
 
 def check_same_run(folder: Path, config: dict[str, Any]) -> None:

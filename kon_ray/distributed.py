@@ -8,6 +8,7 @@ from the latest checkpoint, and so does a re-launch under the same name and stor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,24 +26,39 @@ from kon_ray.config import ConfigError, RunConfig
 log = logging.getLogger(__name__)
 
 RESULT_FILES = ("metrics.json", "ranks.parquet")
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# A local Ray and its workers' gloo groups on loopback only.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo"}
 
 
 def start_ray(address: str | None) -> None:
-    """Join ``address`` (e.g. 'auto' on a cluster) or start a local Ray bound to 127.0.0.1."""
+    """Join ``address`` (e.g. 'auto' on a cluster) or start a local Ray bound to 127.0.0.1.
+
+    Ray reads the loopback switch when it is first imported, so this runs before any import of ray.
+    """
+    if address is None:
+        os.environ.update(LOOPBACK_ENV)
     import ray
 
     if ray.is_initialized():
         return
     if address is None:
-        os.environ.update(LOOPBACK_ENV)
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(_node_ip_address="127.0.0.1")  # the dashboard (State API) stays on 127.0.0.1
     else:
         ray.init(address=address)
 
 
+def resolve_cpus(config: RunConfig, resources: dict[str, float]) -> RunConfig:
+    """Fill in ``train.cpus_per_worker`` when None: the CPUs shared out over CPU workers, 1 per GPU worker."""
+    t = config.train
+    if t.cpus_per_worker is not None:
+        return config
+    cpus = 1.0 if t.gpus_per_worker else max(1.0, float(int(resources.get("CPU", 1) // t.workers)))
+    return dataclasses.replace(config, train=dataclasses.replace(t, cpus_per_worker=cpus))
+
+
 def check_resources(config: RunConfig, resources: dict[str, float], nodes: list[dict[str, float]]) -> None:
     """Reject a run the cluster cannot place, before any worker starts."""
+    config = resolve_cpus(config, resources)
     t = config.train
     need_gpus = t.workers * t.gpus_per_worker
     if need_gpus > resources.get("GPU", 0):
@@ -75,7 +91,7 @@ def worker(loop: dict[str, Any]) -> None:
     world = World(context.get_world_rank(), context.get_world_size())
     device = ray.train.torch.get_device() if config.train.gpus_per_worker > 0 else torch.device("cpu")
     if device.type == "cpu" and config.train.threads is None:
-        torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
+        torch.set_num_threads(max(1, int(config.train.cpus_per_worker or 1)))
     crash_after = loop.get("crash_after_step")
 
     def on_eval(engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None) -> None:
@@ -122,10 +138,6 @@ def launch(
     ``storage`` (a folder, or s3://... on a cluster) and ``name`` locate the run's checkpoints:
     launching again with the same two resumes from the latest checkpoint.
     """
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from kon_ray.data import load_kg
     from kon_ray.training import check_against_data
 
@@ -133,6 +145,10 @@ def launch(
     if config.train.deepspeed_config and not Path(config.train.deepspeed_config).is_file():
         raise ConfigError(f"train.deepspeed_config={config.train.deepspeed_config}: no such file")
     start_ray(address)
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    config = resolve_cpus(config, ray.cluster_resources())
     check_resources(config, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
     t = config.train
     storage = storage or str((out / "ray").resolve())

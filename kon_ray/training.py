@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import os
-import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -247,14 +247,13 @@ def deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
 
 
 def init_process_group() -> None:
-    """A one-process gloo group on loopback, for running without Ray (DeepSpeed needs a group)."""
+    """A one-process group for running without Ray (DeepSpeed needs one); a file store, no socket."""
     if dist.is_initialized():
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    store = tempfile.NamedTemporaryFile(prefix="kon-ray-store-", delete=False).name
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
 
 
 def make_engine(s: Setup) -> tuple[Any, Schedule]:
@@ -299,7 +298,7 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
     engine.train()
     running: dict[str, float] = {}
     order, order_epoch = np.empty(0, dtype=np.int64), -1
-    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=world.rank != 0 or None, mininterval=2.0)
+    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=world.rank != 0, mininterval=10.0)
     while state.step < total and state.train_time_s < budget:
         epoch, within = divmod(state.step, steps_per_epoch)
         if epoch != order_epoch:

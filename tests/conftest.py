@@ -10,7 +10,7 @@ import pytest
 
 from kon_ray.config import RunConfig, apply_overrides
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", GLOO_SOCKET_IFNAME="lo")
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "su", "ta", "vi", "ro", "pe", "zu", "da", "fo"]
 

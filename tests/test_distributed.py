@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 from kon_ray.config import ConfigError
 from kon_ray.distributed import check_resources, launch
@@ -20,7 +22,7 @@ STEPS = ["train.max_steps=8", "train.evals_per_epoch=4", "train.batch_size=16", 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1")
     yield
     ray.shutdown()
 
@@ -90,3 +92,13 @@ def test_more_gpus_than_the_cluster_has_is_rejected_before_workers_start(tiny_kg
 def test_launch_rejects_before_starting_ray(tiny_kg: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loss.negatives"):
         launch(tiny_config(tiny_kg, "loss.negatives=100000"), tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bf16 DeepSpeed training on GPU)")
+def test_cuda_bf16_training(tiny_kg: Path, tmp_path: Path) -> None:
+    from kon_ray.training import run
+
+    metrics = run(tiny_config(tiny_kg, "train.max_steps=20"), tmp_path)
+    assert metrics["device"].startswith("cuda") and metrics["steps"] == 20
+    assert math.isfinite(metrics["history"][-1]["train.loss"])  # bf16 stays finite

@@ -1,0 +1,65 @@
+"""The kon-ray command line: data stats, train, and clear errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from kon_ray.cli import main
+from tests.conftest import tiny_config
+
+
+def stats_rows(out: str) -> dict[str, str]:
+    return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.strip().splitlines())
+
+
+def test_data_stats_counts_and_truncation(tiny_kg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["data", "stats", str(tiny_kg), "model.k=2", "model.embedded.vocab_size=320"])
+    rows = stats_rows(capsys.readouterr().out)
+    assert (rows["entities"], rows["relations"], rows["train"]) == ("51", "3", "144")
+    truncated = int(rows["names truncated at K=2"].split()[0])
+    assert 0 < truncated <= 51  # three-syllable names need more than two tokens of a 320-token BPE
+
+
+def test_data_stats_on_db15k(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["data", "stats", "DB15K", "model.k=8"])
+    out = capsys.readouterr().out
+    for expected in ("12842", "279", "79222", "9904", "9902", "names truncated at K=8"):
+        assert expected in out
+
+
+def test_bad_override_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--no-ray", "model.k=0"])
+    assert exit_info.value.code == 2
+    assert "model.k=0: the number of K-ON heads must be >= 1" in capsys.readouterr().err
+
+
+def test_bad_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "train.tsv").write_text("a\tr\tb\n")
+    (tmp_path / "valid.tsv").write_text("a,r,b\n")
+    (tmp_path / "test.tsv").write_text("a\tr\tb\n")
+    with pytest.raises(SystemExit):
+        main(["data", "stats", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "valid.tsv" in err and "line 1" in err
+
+
+def test_train_without_ray_writes_metrics(tiny_kg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = [f"{k}={v}" for k, v in _flat(tiny_config(tiny_kg, "train.max_steps=3").to_dict()).items()]
+    main(["train", "--no-ray", *overrides, "--out", str(tmp_path)])
+    assert "test MRR" in capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 3
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif value is not None:
+            out[f"{prefix}{key}"] = ",".join(value) if isinstance(value, (list, tuple)) else value
+    return out
