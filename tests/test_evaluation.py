@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from kon_ray.data.queries import Queries
 from kon_ray.evaluation import (
     filtered_ranks,
     metrics_from_table,
@@ -111,29 +112,13 @@ def test_summarize_missing_direction_is_nan() -> None:
 
 
 @dataclass(frozen=True)
-class FakeQueries:
-    """The fields and ``take`` of kon_ray.data.queries.Queries."""
-
-    anchor: np.ndarray
-    relation: np.ndarray
-    direction: np.ndarray
-    target: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.anchor)
-
-    def take(self, index: np.ndarray | slice) -> FakeQueries:
-        return FakeQueries(self.anchor[index], self.relation[index], self.direction[index], self.target[index])
-
-
-@dataclass(frozen=True)
 class FakeIndex:
     """Known answers per (anchor, relation, direction), as kon_ray.data.queries.AnswerIndex."""
 
     answers: dict[tuple[int, int, int], set[int]]
     num_entities: int
 
-    def mask(self, queries: FakeQueries) -> torch.Tensor:
+    def mask(self, queries: Queries) -> torch.Tensor:
         keys = zip(queries.anchor.tolist(), queries.relation.tolist(), queries.direction.tolist())
         return _mask([self.answers[key] for key in keys], self.num_entities)
 
@@ -141,10 +126,10 @@ class FakeIndex:
 ENTITIES = 12
 
 
-def _queries() -> tuple[FakeQueries, FakeIndex]:
+def _queries() -> tuple[Queries, FakeIndex]:
     rng = np.random.default_rng(0)
     n = 10
-    queries = FakeQueries(
+    queries = Queries(
         anchor=rng.integers(0, ENTITIES, n),
         relation=rng.integers(0, 3, n),
         direction=np.arange(n) % 2,
@@ -156,7 +141,7 @@ def _queries() -> tuple[FakeQueries, FakeIndex]:
     return queries, FakeIndex(answers, ENTITIES)
 
 
-def _score(queries: FakeQueries) -> torch.Tensor:
+def _score(queries: Queries) -> torch.Tensor:
     """Deterministic per-query scores over all entities, with ties (4 distinct values)."""
     key = torch.as_tensor(queries.anchor * 7 + queries.relation * 3 + queries.direction).unsqueeze(1)
     return ((key + 5 * torch.arange(ENTITIES)) % 4).float() / 4
@@ -167,7 +152,7 @@ def test_rank_queries_chunking_is_invisible(chunk: int) -> None:
     queries, index = _queries()
     batches: list[int] = []
 
-    def score_fn(batch: FakeQueries) -> torch.Tensor:
+    def score_fn(batch: Queries) -> torch.Tensor:
         batches.append(len(batch))
         return _score(batch)
 
