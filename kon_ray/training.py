@@ -295,6 +295,7 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
         total = min(total, cfg.max_steps)
     eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
     budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    trainable = trainable_parameters(s.model)
     engine.train()
     running: dict[str, float] = {}
     order, order_epoch = np.empty(0, dtype=np.int64), -1
@@ -321,15 +322,19 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
         state.train_time_s += world.reduce(time.perf_counter() - start, "max")
         schedule.progress = max(state.step / total, state.train_time_s / budget)
         bar.update(1)
-        bar.set_postfix(loss=f"{terms['loss'].item():.3f}", qps=f"{state.step * cfg.global_batch / state.train_time_s:.0f}")
+        qps = state.step * cfg.global_batch / max(state.train_time_s, 1e-9)
+        bar.set_postfix(loss=f"{terms['loss'].item():.3f}", qps=f"{qps:.0f}", refresh=False)
         if state.step % eval_every == 0 or state.step >= total or state.train_time_s >= budget:
             valid, _ = evaluate(s, "valid", s.config.data.valid_limit, world)
             steps = state.step - (state.history[-1]["step"] if state.history else 0)
+            previous_time = state.history[-1]["train_time_s"] if state.history else 0.0
             record = {
                 "step": state.step,
                 "epoch": state.step / steps_per_epoch,
                 "train_time_s": state.train_time_s,
-                "queries_per_s": steps * cfg.global_batch / max(state.train_time_s - (state.history[-1]["train_time_s"] if state.history else 0.0), 1e-9),
+                "queries_per_s": steps * cfg.global_batch / max(state.train_time_s - previous_time, 1e-9),
+                "step_time_s": (state.train_time_s - previous_time) / max(steps, 1),
+                "trainable_params": trainable,
                 "lr": engine.get_lr()[0],
                 **{f"train.{k}": world.reduce(v / steps, "mean") for k, v in running.items()},
                 **{f"valid.{k}": v for k, v in valid.items()},
