@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,70 @@ def _data_stats(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {value}")
 
 
+def _study_validate(args: argparse.Namespace) -> None:
+    from kon_ray.studies.study import check_study, load_study, parse_overrides, trial_count
+
+    study = load_study(args.study)
+    configs = check_study(study, args.study, parse_overrides(args.overrides))
+    varies = ", ".join(study.varied) or "nothing (replicates only)"
+    print(f"{args.study}: study {study.name!r} OK: {trial_count(study)} trials, {len(configs)} configs built; varies {varies}")
+
+
+def _study_run(args: argparse.Namespace) -> None:
+    from kon_ray.studies.study import load_study, parse_overrides
+
+    if args.address is None:
+        from kon_ray.distributed import LOOPBACK_ENV
+
+        os.environ.update(LOOPBACK_ENV)  # before Ray is first imported
+    from kon_ray.studies.table import status_text
+    from kon_ray.studies.tune import experiment_dir, read_spec, run_study
+
+    study = load_study(args.study)
+    table = run_study(study, args.study, parse_overrides(args.overrides), args.storage, args.address, args.resume)
+    folder = experiment_dir(study, args.storage)
+    print(status_text(table, read_spec(folder)))
+    print(f"results: {folder / study.name}.parquet")
+
+
+def _study_export(args: argparse.Namespace) -> None:
+    from kon_ray.studies.table import export_table, folder_of, study_table
+    from kon_ray.studies.tune import read_spec
+
+    folder = folder_of(args.study, args.storage)
+    spec = read_spec(folder)
+    for path in export_table(study_table(folder), Path(args.out) if args.out else folder, spec.study):
+        print(path)
+
+
+def _study_status(args: argparse.Namespace) -> None:
+    from kon_ray.studies.table import folder_of, status_text, study_table
+    from kon_ray.studies.tune import read_spec
+
+    folder = folder_of(args.study, args.storage)
+    print(status_text(study_table(folder), read_spec(folder)))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from analysis.report import StudyInfo, build_report
+    from kon_ray.studies.table import folder_of, study_table
+    from kon_ray.studies.tune import read_spec
+
+    tables, infos = [], []
+    for target in args.studies:
+        folder = folder_of(target, args.storage)
+        name = read_spec(folder).study
+        optuna_db = folder / "optuna.db"
+        storage = f"sqlite:///{optuna_db}" if optuna_db.is_file() else None
+        tables.append(study_table(folder))
+        infos.append(StudyInfo(name=name, optuna_storage=storage, optuna_study=name if storage else None))
+    out = Path(args.out or Path(args.storage) / f"report-{'-'.join(i.name for i in infos)}.html")
+    try:
+        print(f"report: {build_report(tables, out, infos).resolve()}")
+    except ValueError as error:  # e.g. no finished trial yet
+        raise ConfigError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kon-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -82,6 +147,36 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("dataset", help="DB15K, MKG-W or a folder with train/valid/test.tsv")
     stats.add_argument("overrides", nargs="*", help="e.g. model.k=4 model.backbone=PATH")
     stats.set_defaults(func=_data_stats)
+
+    study = commands.add_parser("study", help="run a study (grid, ablations, Optuna search) on Ray Tune")
+    studies = study.add_subparsers(dest="study_command", required=True)
+    storage_help = "folder holding each study's folder (default: runs/studies)"
+    validate = studies.add_parser("validate", help="build every config of a study file without running it")
+    validate.add_argument("study", help="a study file, e.g. studies/heads.py")
+    validate.add_argument("overrides", nargs="*", help="dotted key=value settings on top of every trial")
+    validate.set_defaults(func=_study_validate)
+    run = studies.add_parser("run", help="run a study (or finish it, with --resume)")
+    run.add_argument("study", help="a study file, e.g. studies/heads.py")
+    run.add_argument("overrides", nargs="*", help="dotted key=value settings on top of every trial")
+    run.add_argument("--address", help="join this Ray cluster ('auto' on a cluster node); default: a local Ray")
+    run.add_argument("--storage", default="runs/studies", help=storage_help)
+    run.add_argument("--resume", action="store_true", help="finish a study whose driver stopped; finished trials stay")
+    run.set_defaults(func=_study_run)
+    export = studies.add_parser("export", help="write the result table as parquet and CSV")
+    export.add_argument("study", help="a study file or a study folder")
+    export.add_argument("--storage", default="runs/studies", help=storage_help)
+    export.add_argument("--out", help="output folder (default: the study folder)")
+    export.set_defaults(func=_study_export)
+    status = studies.add_parser("status", help="trial counts and the best so far, from disk (also while it runs)")
+    status.add_argument("study", help="a study file or a study folder")
+    status.add_argument("--storage", default="runs/studies", help=storage_help)
+    status.set_defaults(func=_study_status)
+
+    report = commands.add_parser("report", help="one offline HTML report of studies, beside the paper's values")
+    report.add_argument("studies", nargs="+", help="study files or study folders")
+    report.add_argument("--storage", default="runs/studies", help=storage_help)
+    report.add_argument("--out", help="HTML file (default: <storage>/report-<studies>.html)")
+    report.set_defaults(func=_report)
     return parser
 
 
@@ -97,3 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, KGFormatError) as error:
         print(f"kon-ray: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -124,6 +124,40 @@ def _restore(saved: Any, local: Path) -> Path | None:
     return local
 
 
+def build_trainer(
+    config: RunConfig,
+    name: str,
+    storage: str,
+    max_failures: int = 0,
+    loop_extra: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """A ``TorchTrainer`` running ``worker`` for ``config``, whose ``train.cpus_per_worker`` is resolved.
+
+    The run named ``name`` under ``storage`` resumes from its latest checkpoint when one exists.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    t = config.train
+    return TorchTrainer(
+        worker,
+        train_loop_config={"config": config.to_dict(), **(loop_extra or {})},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.workers,
+            use_gpu=t.gpus_per_worker > 0,
+            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+
+
 def launch(
     config: RunConfig,
     out: Path,
@@ -146,27 +180,10 @@ def launch(
         raise ConfigError(f"train.deepspeed_config={config.train.deepspeed_config}: no such file")
     start_ray(address)
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
+
     config = resolve_cpus(config, ray.cluster_resources())
     check_resources(config, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
-    t = config.train
-    storage = storage or str((out / "ray").resolve())
-    trainer = TorchTrainer(
-        worker,
-        train_loop_config={"config": config.to_dict(), **(loop_extra or {})},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=t.workers,
-            use_gpu=t.gpus_per_worker > 0,
-            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name or out.name,
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-    )
+    trainer = build_trainer(config, name or out.name, storage or str((out / "ray").resolve()), max_failures, loop_extra)
     result = trainer.fit()
     if result.error is not None:
         raise result.error

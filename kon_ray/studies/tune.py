@@ -1,0 +1,275 @@
+"""Running a study on Ray Tune: one Tune trial per config, each a Ray Train run of ``distributed.worker``.
+
+A trial launches a ``TorchTrainer`` named ``train-<trial_id>`` under the study's folder, so a
+retried or resumed trial continues from its own latest checkpoint. Validation reports reach Tune
+(for ASHA and progress); the trial then reports its final metrics and provenance once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kon_ray.config import ConfigError, RunConfig, apply_overrides
+from kon_ray.distributed import LOOPBACK_ENV, build_trainer, check_resources
+from kon_ray.results import write_json
+from kon_ray.studies.study import Study, check_study, trial_count, trial_overrides
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "study.json"
+SLOT = "trial_slot"  # a 0-CPU resource a trial's driver holds, so that only workers take CPUs
+ASHA_MAX_REPORTS = 1000
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial of a study shares; saved as ``study.json`` beside Tune's state."""
+
+    study: str
+    base: Mapping[str, Any]
+    variants: Mapping[str, Mapping[str, Any]]
+    extra: Mapping[str, Any]
+    """The command line's global overrides, on top of every trial."""
+    varied: tuple[str, ...]
+    metric: str
+    mode: str
+    train_storage: str
+    """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
+    loop_extra: Mapping[str, Any] = field(default_factory=dict)
+    """Extra ``distributed.worker`` arguments (fault injection in tests)."""
+
+    def config(self, params: Mapping[str, Any]) -> RunConfig:
+        return apply_overrides(RunConfig(), trial_overrides(self.base, self.variants, params, self.extra))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "varied": list(self.varied)}
+
+
+def experiment_dir(study: Study, storage: str | Path) -> Path:
+    return Path(storage).resolve() / study.name
+
+
+def read_spec(folder: Path) -> TrialSpec:
+    path = folder / SPEC_FILE
+    if not path.is_file():
+        raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
+    values = json.loads(path.read_text())
+    return TrialSpec(**{**values, "varied": tuple(values["varied"]), "loop_extra": {}})
+
+
+def final_row(metrics: dict[str, Any], config: RunConfig, started: str) -> dict[str, Any]:
+    """What a finished trial reports to Tune: flat final metrics, cost and provenance."""
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {
+        **numbers,
+        "final": 1,
+        "git_commit": metrics["git"]["commit"],
+        "git_dirty": metrics["git"]["dirty"],
+        "versions": json.dumps(metrics["versions"], sort_keys=True),
+        "data_hash": metrics["data_hash"],
+        "hardware": f"{config.train.workers} x {metrics['device']} on {metrics['host']}",
+        "started": started,
+        "ended": _now(),
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
+    """The Tune function trainable: one Ray Train run, resumed from its checkpoint if it has one."""
+    from ray import tune
+
+    from kon_ray.studies.callbacks import ValidationToTune
+
+    config = spec.config(params)
+    started = _now()
+    name = f"train-{tune.get_context().get_trial_id()}"
+    trainer = build_trainer(config, name, spec.train_storage, 0, dict(spec.loop_extra), [ValidationToTune()])
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as folder:
+        metrics = json.loads((Path(folder) / "metrics.json").read_text())
+    tune.report(final_row(metrics, config, started))
+
+
+def _ray_init(address: str | None) -> None:
+    """Join ``address`` or start a local Ray on 127.0.0.1 with trial slots."""
+    if address is None:
+        os.environ.update(LOOPBACK_ENV)
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None:
+        ray.init(_node_ip_address="127.0.0.1", resources={SLOT: 1024})
+    else:
+        ray.init(address=address)
+
+
+def plan_resources(
+    study: Study, configs: list[RunConfig], resources: dict[str, float], nodes: list[dict[str, float]]
+) -> tuple[int, float | None, dict[str, float]]:
+    """Concurrent trials, CPUs per CPU worker (None: as configured) and each trial driver's own request.
+
+    Trials run at once only as far as the cluster holds all their workers, so none waits forever.
+    """
+    driver = {SLOT: 1.0} if resources.get(SLOT, 0) >= 1 else {"CPU": 0.01}
+    concurrent = max(1, min(study.max_concurrent_trials, trial_count(study), int(resources.get(SLOT, study.max_concurrent_trials))))
+    workers = max(c.train.workers for c in configs)
+    cpu_only = all(c.train.gpus_per_worker == 0 for c in configs)
+    unset = any(c.train.cpus_per_worker is None for c in configs)
+    cpus = float(max(1, int(resources.get("CPU", 1) // (workers * concurrent)))) if cpu_only and unset else None
+
+    def fits(n: int) -> bool:
+        for c in configs:
+            t = c.train
+            per_worker = cpus if cpus is not None and t.cpus_per_worker is None else (t.cpus_per_worker or 1.0)
+            if n * (t.workers * per_worker + driver.get("CPU", 0)) > resources.get("CPU", 0):
+                return False
+            if n * t.workers * t.gpus_per_worker > resources.get("GPU", 0):
+                return False
+        return True
+
+    while concurrent > 1 and not fits(concurrent):
+        concurrent -= 1
+    for c in configs:
+        resolved = c if cpus is None or c.train.cpus_per_worker is not None else _with_cpus(c, cpus)
+        check_resources(resolved, resources, nodes)
+    return concurrent, cpus, driver
+
+
+def _with_cpus(config: RunConfig, cpus: float) -> RunConfig:
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, cpus_per_worker=cpus))
+
+
+def run_study(
+    study: Study,
+    source: str | Path,
+    overrides: Mapping[str, Any] = {},  # noqa: B006
+    storage: str | Path = "runs/studies",
+    address: str | None = None,
+    resume: bool = False,
+    loop_extra: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Run (or with ``resume``, finish) ``study``; return and export its result table."""
+    from kon_ray.studies.table import export_table, study_table
+
+    folder = experiment_dir(study, storage)
+    if resume and (folder / SPEC_FILE).is_file():
+        saved = json.loads((folder / SPEC_FILE).read_text())["extra"]
+        if overrides and dict(overrides) != saved:
+            raise ConfigError(f"--resume: overrides {dict(overrides)} differ from the run's {saved}; resume with none")
+        overrides = saved
+    configs = check_study(study, source, overrides)
+    _ray_init(address)
+    import ray
+    from ray import tune
+
+    resources = ray.cluster_resources()
+    concurrent, cpus, driver = plan_resources(study, configs, resources, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    extra = {**overrides, **({"train.cpus_per_worker": cpus} if cpus is not None and "train.cpus_per_worker" not in overrides else {})}
+    spec = TrialSpec(
+        study=study.name,
+        base=dict(study.base),
+        variants=study.variants or {},
+        extra=extra,
+        varied=study.varied,
+        metric=study.metric,
+        mode=study.mode,
+        train_storage=str(folder / "train"),
+        loop_extra=dict(loop_extra or {}),
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
+    if tune.Tuner.can_restore(str(folder)):
+        if not resume:
+            raise ConfigError(f"{folder}: this study has run before; pass --resume to finish it (or another --storage)")
+        log.info("%s: resuming from %s", study.name, folder)
+        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
+    else:
+        write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides), "loop_extra": {}})
+        tuner = _new_tuner(study, spec, trainable, folder, concurrent)
+    log.info("%s: %d trials, up to %d at once, in %s", study.name, trial_count(study), concurrent, folder)
+    logging.getLogger("tensorboardX.summary").setLevel(logging.WARNING)  # renames of 'hits@k' metrics
+    tuner.fit()
+    table = study_table(folder)
+    export_table(table, folder, study.name)
+    return table
+
+
+def _new_tuner(study: Study, spec: TrialSpec, trainable: Any, folder: Path, concurrent: int) -> Any:
+    from ray import tune
+
+    from kon_ray.studies.callbacks import Progress
+
+    search_alg = None
+    if study.space is not None:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        param_space: dict[str, Any] = {key: _domain(p) for key, p in study.space.items()}
+        param_space["seed"] = study.seeds[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'optuna.db'}")
+        search_alg = OptunaSearch(study_name=study.name, storage=storage, seed=study.seeds[0])
+    else:
+        param_space = _grid_space(study)
+    scheduler = None
+    if study.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=ASHA_MAX_REPORTS, grace_period=1, reduction_factor=2)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=study.metric,
+            mode=study.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=study.num_samples,
+            max_concurrent_trials=concurrent,
+            time_budget_s=study.time_budget_minutes * 60 if study.time_budget_minutes else None,
+        ),
+        run_config=tune.RunConfig(
+            name=study.name,
+            storage_path=str(folder.parent),
+            failure_config=tune.FailureConfig(max_failures=study.max_retries),
+            callbacks=[Progress(study.name, spec.metric, spec.mode, trial_count(study))],
+            verbose=0,
+        ),
+    )
+
+
+def _grid_space(study: Study) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {key: tune.grid_search(list(values)) for key, values in (study.grid or {}).items()}
+    if study.variants is not None:
+        space["variant"] = tune.grid_search(list(study.variants))
+    space["seed"] = tune.grid_search(list(study.seeds))
+    return space
+
+
+def _domain(param: Any) -> Any:
+    from ray import tune
+
+    from kon_ray.studies.study import Choice, IntRange
+
+    if isinstance(param, Choice):
+        return tune.choice(list(param.values))
+    if isinstance(param, IntRange):
+        return (tune.lograndint if param.log else tune.randint)(param.low, param.high + 1)
+    return (tune.loguniform if param.log else tune.uniform)(param.low, param.high)

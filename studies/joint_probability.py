@@ -1,0 +1,11 @@
+"""Table 4: the joint entity probability, sum or product of the K token probabilities, with
+learnable or constant step weights."""
+
+from analysis.paper import TABLE4
+from kon_ray.studies import Study
+
+study = Study(
+    name="joint_probability",
+    grid={"model.joint": ["sum", "product"], "model.joint_weights": ["learnable", "constant"]},
+    paper=TABLE4,
+)

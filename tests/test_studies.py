@@ -1,0 +1,168 @@
+"""Studies: every shipped study validates without running; tiny studies run on a real local Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kon_ray.config import ConfigError, RunConfig, _flatten
+from kon_ray.studies import Study, check_study, load_study
+from kon_ray.studies.table import METRICS, study_table
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "studies").glob("*.py"))
+# Evaluate every 2 steps (18 steps per epoch on the tiny KG): 2 validations, then the test.
+STEPS = ("train.max_steps=4", "train.evals_per_epoch=9")
+
+
+def tiny_base(kg: Path) -> dict:
+    """The tiny config as a study's base: its differences from the defaults."""
+    default = dict(_flatten(RunConfig().to_dict()))
+    return {k: v for k, v in _flatten(tiny_config(kg, *STEPS).to_dict()) if default[k] != v}
+
+
+def write_study(folder: Path, name: str, body: str) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(f"from kon_ray.studies import Choice, FloatRange, IntRange, Study\n\n{body}\n")
+    return path
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_study_validates(path: Path) -> None:
+    study = load_study(path)
+    configs = check_study(study, path)
+    assert configs and study.name == path.stem
+    if study.name == "paper":  # the main setting validates without downloading the model
+        assert configs[0].model.backbone == "meta-llama/Llama-2-7b-chat-hf" and configs[0].train.workers == 8
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('study = Study(name="x", base={"model.kk": 1})', r"bad\.py: base: model\.kk: unknown key 'kk'"),
+        ('study = Study(name="x", grid={"model.k": [0, 2]})', r"bad\.py: grid point \{'model.k': 0\}: model\.k=0: .* >= 1"),
+        ('study = Study(name="x", grid={"loss.negatives": [8, 51]})', r"loss\.negatives=51: \|N\| must be below .* \(51\)"),
+        ('study = Study(name="x", space={})', r"bad\.py: space=\{\}: empty search space"),
+        ('study = Study(name="x", grid={"model.k": [2]}, scheduler="hyperband")', r"bad\.py: scheduler='hyperband'"),
+        ('study = Study(name="x", grid={"model.k": [2]}, metric="test.mrr")', r"metric='test\.mrr': never tune on the test"),
+        ('study = Study(name="x", space={"train.lr": FloatRange(1e-3, 1e-5)})', r"FloatRange\(low=0\.001"),
+        ("x = 1", r"bad\.py: exports no `study = Study\(...\)`"),
+    ],
+)
+def test_malformed_study_rejected_before_ray(tiny_kg: Path, tmp_path: Path, body: str, message: str) -> None:
+    import ray
+
+    from kon_ray.studies.tune import run_study
+
+    path = write_study(tmp_path, "bad", body)
+    with pytest.raises(ConfigError, match=message):
+        run_study(load_study(path), path, {"data.dataset": str(tiny_kg)}, tmp_path / "runs")
+    assert not ray.is_initialized()
+
+
+def test_overriding_a_varied_key_is_rejected(tiny_kg: Path) -> None:
+    study = Study(name="x", base=tiny_base(tiny_kg), grid={"model.k": [2, 4]})
+    with pytest.raises(ConfigError, match=r"s\.py: overrides \['model\.k'\] set keys the study varies"):
+        check_study(study, "s.py", {"model.k": 3})
+
+
+def test_concurrent_trials_fit_the_cluster(tiny_kg: Path) -> None:
+    """Trials never wait for workers that cannot start: concurrency follows the free CPUs and GPUs."""
+    from kon_ray.studies.tune import plan_resources
+
+    study = Study(name="x", base=tiny_base(tiny_kg), grid={"model.k": [2, 3, 4]}, max_concurrent_trials=4)
+    configs = check_study(study, "x.py")
+    assert plan_resources(study, configs, {"CPU": 2.0, "trial_slot": 2.0}, [{"CPU": 2.0}]) == (2, 1.0, {"trial_slot": 1.0})
+    assert plan_resources(study, configs, {"CPU": 2.0}, [{"CPU": 2.0}]) == (1, 1.0, {"CPU": 0.01})  # drivers take CPU
+    paper = dataclasses.replace(load_study(ROOT / "studies" / "paper.py"), seeds=(0, 1, 2), max_concurrent_trials=4)
+    sixteen = {"CPU": 64.0, "GPU": 16.0, "trial_slot": 4.0}
+    assert plan_resources(paper, check_study(paper, "paper.py"), sixteen, [{"GPU": 8.0}] * 2) == (2, None, {"trial_slot": 1.0})
+    with pytest.raises(ConfigError, match="needs 8 GPUs; the cluster has 4"):
+        plan_resources(paper, check_study(paper, "paper.py"), {"CPU": 64.0, "GPU": 4.0}, [{"GPU": 4.0}])
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kon_ray.cli", "study", *args]
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(tiny_kg: Path, tmp_path: Path) -> None:
+    """Kill the driver (and its local Ray) once a trial has finished; --resume finishes the rest."""
+    body = f'study = Study(name="killed", base={tiny_base(tiny_kg)!r}, grid={{"model.k": [2, 4]}}, max_concurrent_trials=1)'
+    path, storage = write_study(tmp_path, "killed", body), tmp_path / "runs"
+    folder = storage / "killed"
+    driver = subprocess.Popen([*cli("run", str(path), "--storage", str(storage))], start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not any('"final"' in p.read_text() for p in folder.glob("*/result.json")):
+            assert driver.poll() is None and time.time() < deadline, "no trial finished"
+            time.sleep(1)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+        driver.wait()
+    (first,) = [p.parent.name for p in folder.glob("*/result.json") if '"final"' in p.read_text()]
+    finished = [line for line in (folder / first / "result.json").read_text().splitlines() if '"final"' in line]
+    subprocess.run(cli("run", str(path), "--storage", str(storage), "--resume"), check=True, timeout=400)
+    table = study_table(folder)
+    assert sorted(table["config.model.k"]) == [2, 4] and table["trial_id"].is_unique
+    assert (table["status"] == "TERMINATED").all() and table["test.mrr"].notna().all()
+    # The finished trial was not run again: its one final report is the one from before the kill.
+    again = [line for line in (folder / first / "result.json").read_text().splitlines() if '"final"' in line]
+    assert again == finished
+    status = subprocess.run(cli("status", str(folder)), check=True, capture_output=True, text=True).stdout
+    assert "2 trials: 2 terminated" in status and "best valid.mrr" in status
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, resources={"trial_slot": 2}, _node_ip_address="127.0.0.1", include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_grid_with_a_failing_trial_retries_and_records_it(local_ray: None, tiny_kg: Path, tmp_path: Path) -> None:
+    """2 grid points; a worker crashes once after its first checkpoint, the trial is retried from it."""
+    from kon_ray.studies.tune import run_study
+
+    study = Study(name="grid", base=tiny_base(tiny_kg), grid={"model.k": [2, 4]}, max_retries=1)
+    crash = {"crash_after_step": 2, "crash_marker": str(tmp_path / "crashed")}
+    table = run_study(study, "grid.py", storage=tmp_path, loop_extra=crash)
+    assert (tmp_path / "crashed").exists()
+    assert sorted(table["config.model.k"]) == [2, 4] and (table["status"] == "TERMINATED").all()
+    for column in (*METRICS, "trainable_params", "step_time_s", "train_time_s", "device_hours", "git_commit", "data_hash"):
+        assert table[column].notna().all(), column
+    retried = table[table["failures"] > 0]
+    assert len(retried) >= 1 and retried["error"].str.contains("injected crash after step 2").all()
+    assert set(table["config.data.dataset"]) == {str(tiny_kg)} and set(table["config.model.backbone"]) == {"embedded"}
+    exported = pd.read_parquet(tmp_path / "grid" / "grid.parquet")
+    assert len(exported) == 2 and (tmp_path / "grid" / "grid.csv").exists()
+
+
+@pytest.mark.slow
+def test_optuna_search_with_asha_records_every_trial(local_ray: None, tiny_kg: Path, tmp_path: Path) -> None:
+    from kon_ray.studies import Choice, FloatRange, IntRange
+    from kon_ray.studies.tune import run_study
+
+    space = {"model.k": IntRange(2, 4), "train.lr": FloatRange(1e-3, 1e-2, log=True), "loss.sft": Choice(("eq13", "cross_entropy"))}
+    study = Study(name="search", base=tiny_base(tiny_kg), space=space, num_samples=3, max_concurrent_trials=2, scheduler="asha")
+    table = run_study(study, "search.py", storage=tmp_path)
+    assert len(table) == 3 and set(table["status"]) <= {"TERMINATED", "PRUNED"}
+    assert table["config.model.k"].between(2, 4).all() and table["valid.mrr"].notna().all()
+    finished = table[table["status"] == "TERMINATED"]
+    assert len(finished) >= 1 and finished["test.mrr"].notna().all()
+    with sqlite3.connect(tmp_path / "search" / "optuna.db") as db:
+        assert db.execute("select count(*) from trials").fetchone() == (3,)
