@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kon_ray.config import ConfigError
+from kon_ray.config import ConfigError, flatten
 from kon_ray.results import write_json
 
 TAG = "ds"
@@ -102,14 +102,9 @@ def check_same_run(folder: Path, config: dict[str, Any]) -> None:
         raise ConfigError(f"{folder} was written by a run with other settings ({details}); use another output folder")
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return out
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys, values as JSON gives them back (tuples become lists)."""
+    return dict(flatten(json.loads(json.dumps(config))))
 
 
 def load(folder: Path, engine: Any) -> tuple[LoopState, dict[str, torch.Tensor] | None]:

@@ -298,13 +298,14 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """Rebuild a config from ``to_dict`` output (or any subset of it)."""
-        return apply_overrides(cls(), dict(_flatten(values)))
+        return apply_overrides(cls(), dict(flatten(values)))
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+def flatten(values: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    """(dotted key, value) pairs of a nested dict such as ``RunConfig.to_dict()``."""
     for key, value in values.items():
         if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
+            yield from flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kon_ray.cli import main
+from kon_ray.config import flatten
 from tests.conftest import tiny_config
 
 
@@ -49,17 +50,8 @@ def test_bad_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_train_without_ray_writes_metrics(tiny_kg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    overrides = [f"{k}={v}" for k, v in _flat(tiny_config(tiny_kg, "train.max_steps=3").to_dict()).items()]
+    config = tiny_config(tiny_kg, "train.max_steps=3").to_dict()
+    overrides = [f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in flatten(config) if v is not None]
     main(["train", "--no-ray", *overrides, "--out", str(tmp_path)])
     assert "test MRR" in capsys.readouterr().out
     assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 3
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        elif value is not None:
-            out[f"{prefix}{key}"] = ",".join(value) if isinstance(value, (list, tuple)) else value
-    return out
