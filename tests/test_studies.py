@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kon_ray.config import ConfigError, RunConfig, _flatten
+from kon_ray.config import ConfigError, RunConfig, flatten
 from kon_ray.studies import Study, check_study, load_study
 from kon_ray.studies.table import METRICS, study_table
 from tests.conftest import tiny_config
@@ -28,8 +28,8 @@ STEPS = ("train.max_steps=4", "train.evals_per_epoch=9")
 
 def tiny_base(kg: Path) -> dict:
     """The tiny config as a study's base: its differences from the defaults."""
-    default = dict(_flatten(RunConfig().to_dict()))
-    return {k: v for k, v in _flatten(tiny_config(kg, *STEPS).to_dict()) if default[k] != v}
+    default = dict(flatten(RunConfig().to_dict()))
+    return {k: v for k, v in flatten(tiny_config(kg, *STEPS).to_dict()) if default[k] != v}
 
 
 def write_study(folder: Path, name: str, body: str) -> Path:
