@@ -168,7 +168,8 @@ def comparison_html(frame: pd.DataFrame, element_id: str, paper: PaperValues) ->
 
 
 def _figure(fig: go.Figure, element_id: str, caption: str, numbers: pd.DataFrame | None = None) -> str:
-    config = {"displaylogo": False, "responsive": True}
+    # The camera button saves the figure as a vector SVG, ready for a paper, with no extra install.
+    config = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg", "filename": element_id}}
     div = pio.to_html(
         fig, full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=f"{element_id}-plot", config=config
     )

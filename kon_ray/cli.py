@@ -125,7 +125,7 @@ def _report(args: argparse.Namespace) -> None:
     try:
         print(f"report: {build_report(tables, out, infos).resolve()}")
     except ValueError as error:  # e.g. no finished trial yet
-        raise ConfigError(str(error)) from None
+        raise ConfigError(f"study {', '.join(i.name for i in infos)}: {error}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -181,6 +181,7 @@ def test_report_partial(heads_table: pd.DataFrame, tmp_path: Path) -> None:
     assert "partial: 10 of 15 trials finished" in page
     assert "CUDA out of memory" in page and "8xA100" in page and "abc123 (clean)" in page and "torch 2.4.1" in page
     assert 'id="fig-heads"' in page and 'id="fig-negatives"' not in page
+    assert '"toImageButtonOptions": {"format": "svg", "filename": "fig-heads"}' in page  # SVG for a paper
     assert "No published values" in page and "Student-t" in page
     assert not re.search(r"<script[^>]+src=", page) and page.count("<script") < 10
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temp file left behind

@@ -55,3 +55,23 @@ def test_train_without_ray_writes_metrics(tiny_kg: Path, tmp_path: Path, capsys:
     main(["train", "--no-ray", *overrides, "--out", str(tmp_path)])
     assert "test MRR" in capsys.readouterr().out
     assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 3
+
+
+def test_report_of_a_study_without_results_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A study that has not finished a trial yet gets an error naming it, not a traceback or an empty page."""
+    from kon_ray.studies.tune import SPEC_FILE, TrialSpec
+
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    spec = TrialSpec("empty", {}, {}, {}, ("model.k",), "valid.mrr", "max", str(tmp_path / "train"))
+    (folder / SPEC_FILE).write_text(json.dumps(spec.to_json()))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(folder), "--storage", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "empty" in capsys.readouterr().err and not (tmp_path / "report-empty.html").exists()
+
+
+def test_report_of_a_folder_that_is_not_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path)])
+    assert "not a study folder" in capsys.readouterr().err

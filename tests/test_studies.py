@@ -93,7 +93,7 @@ def test_concurrent_trials_fit_the_cluster(tiny_kg: Path) -> None:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kon_ray.cli", "study", *args]
+    return [sys.executable, "-m", "kon_ray.cli", *args]
 
 
 @pytest.mark.slow
@@ -102,7 +102,7 @@ def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(tiny_kg: Path
     body = f'study = Study(name="killed", base={tiny_base(tiny_kg)!r}, grid={{"model.k": [2, 4]}}, max_concurrent_trials=1)'
     path, storage = write_study(tmp_path, "killed", body), tmp_path / "runs"
     folder = storage / "killed"
-    driver = subprocess.Popen([*cli("run", str(path), "--storage", str(storage))], start_new_session=True)
+    driver = subprocess.Popen([*cli("study", "run", str(path), "--storage", str(storage))], start_new_session=True)
     try:
         deadline = time.time() + 300
         while not any('"final"' in p.read_text() for p in folder.glob("*/result.json")):
@@ -113,15 +113,18 @@ def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(tiny_kg: Path
         driver.wait()
     (first,) = [p.parent.name for p in folder.glob("*/result.json") if '"final"' in p.read_text()]
     finished = [line for line in (folder / first / "result.json").read_text().splitlines() if '"final"' in line]
-    subprocess.run(cli("run", str(path), "--storage", str(storage), "--resume"), check=True, timeout=400)
+    subprocess.run(cli("study", "run", str(path), "--storage", str(storage), "--resume"), check=True, timeout=400)
     table = study_table(folder)
     assert sorted(table["config.model.k"]) == [2, 4] and table["trial_id"].is_unique
     assert (table["status"] == "TERMINATED").all() and table["test.mrr"].notna().all()
     # The finished trial was not run again: its one final report is the one from before the kill.
     again = [line for line in (folder / first / "result.json").read_text().splitlines() if '"final"' in line]
     assert again == finished
-    status = subprocess.run(cli("status", str(folder)), check=True, capture_output=True, text=True).stdout
+    status = subprocess.run(cli("study", "status", str(folder)), check=True, capture_output=True, text=True).stdout
     assert "2 trials: 2 terminated" in status and "best valid.mrr" in status
+    report = subprocess.run(cli("report", str(path), "--storage", str(storage)), check=True, capture_output=True, text=True)
+    html = Path(report.stdout.split("report: ")[-1].strip())
+    assert html == (storage / "report-killed.html").resolve() and 'id="fig-heads"' in html.read_text()
 
 
 @pytest.fixture(scope="module")
