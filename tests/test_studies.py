@@ -148,6 +148,7 @@ def test_grid_with_a_failing_trial_retries_and_records_it(local_ray: None, tiny_
     assert sorted(table["config.model.k"]) == [2, 4] and (table["status"] == "TERMINATED").all()
     for column in (*METRICS, "trainable_params", "step_time_s", "train_time_s", "device_hours", "git_commit", "data_hash"):
         assert table[column].notna().all(), column
+    assert (table["best.valid.mrr"] == table["valid.mrr"]).all()  # finished: valid.* is the best validation
     retried = table[table["failures"] > 0]
     assert len(retried) >= 1 and retried["error"].str.contains("injected crash after step 2").all()
     assert set(table["config.data.dataset"]) == {str(tiny_kg)} and set(table["config.model.backbone"]) == {"embedded"}
@@ -164,6 +165,7 @@ def test_optuna_search_with_asha_records_every_trial(local_ray: None, tiny_kg: P
     study = Study(name="search", base=tiny_base(tiny_kg), space=space, num_samples=3, max_concurrent_trials=2, scheduler="asha")
     table = run_study(study, "search.py", storage=tmp_path)
     assert len(table) == 3 and set(table["status"]) <= {"TERMINATED", "PRUNED"}
+    assert (table["best.valid.mrr"] >= table["valid.mrr"]).all()  # pruned: best so far vs latest validation
     assert table["config.model.k"].between(2, 4).all() and table["valid.mrr"].notna().all()
     finished = table[table["status"] == "TERMINATED"]
     assert len(finished) >= 1 and finished["test.mrr"].notna().all()

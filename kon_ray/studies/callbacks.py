@@ -24,7 +24,7 @@ class ValidationToTune(TuneReportCallback):
 
 
 def trial_status(status: str, last_result: dict[str, Any]) -> str:
-    """Tune's status, with TERMINATED split into finished and PRUNED (stopped by the scheduler)."""
+    """Tune's status, with TERMINATED split into finished and PRUNED (stopped by ASHA or the time budget)."""
     return "PRUNED" if status == "TERMINATED" and not last_result.get("final") else status
 
 

@@ -1,7 +1,9 @@
 """A study's tidy result table, built from what Tune keeps on disk; readable while the study runs.
 
-One row per trial: status, seed, the varied config values, final metrics (fractions), cost and
-provenance. ``analysis/`` reads exactly these column names.
+One row per trial: status, seed, the varied config values, metrics (fractions), cost and
+provenance. ``analysis/`` reads exactly these column names. A finished trial's ``valid.*`` are
+those of its best validation and its ``test.*`` come from that checkpoint; an unfinished trial
+shows its latest validation, and ``best.<metric>`` is the best of the study's metric so far.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def study_table(folder: Path) -> pd.DataFrame:
     config_columns = [f"config.{k}" for k in spec.varied]
     config_columns += ["config.variant"] if spec.variants else []
     config_columns += [c for c in ("config.model.backbone", "config.data.dataset") if c not in config_columns]
-    columns = ["study", "trial_id", "status", "seed", "error", "failures", *config_columns, *METRICS, *COST, *PROVENANCE]
+    best = f"best.{spec.metric}"
+    columns = ["study", "trial_id", "status", "seed", "error", "failures", *config_columns, *METRICS, best, *COST, *PROVENANCE]
     if not any(folder.glob("experiment_state*.json")):
         return pd.DataFrame(columns=columns)
     from ray.tune import ExperimentAnalysis
@@ -51,6 +54,7 @@ def study_table(folder: Path) -> pd.DataFrame:
             "failures": trial.run_metadata.num_failures,
             **{c: params.get("variant") if c == "config.variant" else _value(config, c) for c in config_columns},
             **{c: result.get(c) for c in METRICS + COST + PROVENANCE},
+            best: trial.metric_analysis.get(spec.metric, {}).get(spec.mode),
             "device_hours": None if train_time is None else train_time * t.workers * max(t.gpus_per_worker, 1) / 3600,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
