@@ -200,3 +200,22 @@ def test_write_rank_table_round_trip(tmp_path: Path) -> None:
     write_rank_table(table, path)  # overwrites in place
     pd.testing.assert_frame_equal(pd.read_parquet(path), table)
     assert [p.name for p in path.parent.iterdir()] == ["test.parquet"]
+
+
+def test_relation_frequency_baseline_hand_worked() -> None:
+    """Counts per (direction, relation) in train, filtered realistic ranks over both directions."""
+    from kon_ray.baseline import relation_frequency_metrics
+    from kon_ray.data.kg import KnowledgeGraph
+
+    def triples(rows: list[tuple[int, int, int]]) -> np.ndarray:
+        return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+    kg = KnowledgeGraph(
+        "hand", ("a", "b", "c", "d"), ("r",), train=triples([(0, 0, 1), (2, 0, 1), (3, 0, 2)]),
+        valid=triples([]), test=triples([(3, 0, 1), (1, 0, 0)]), digest="",
+    )  # fmt: skip
+    metrics = relation_frequency_metrics(kg, chunk=1)
+    # (3, r, ?) -> 1: b answers r twice, c (known) filtered: rank 1. (1, r, ?) -> 0: b, c better, d tied: 3.5.
+    assert metrics["tail.mrr"] == pytest.approx((1 + 1 / 3.5) / 2)
+    # (?, r, 1) -> 3: a, c filtered, b never a head: rank 1. (?, r, 0) -> 1: a, c, d better: 4.
+    assert metrics["head.mrr"] == pytest.approx((1 + 1 / 4) / 2)
