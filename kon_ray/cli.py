@@ -64,6 +64,16 @@ def _data_stats(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {value}")
 
 
+def _data_baseline(args: argparse.Namespace) -> None:
+    from kon_ray.baseline import relation_frequency_metrics
+    from kon_ray.data import load_kg
+
+    metrics = relation_frequency_metrics(load_kg(args.dataset))
+    for prefix in ("", "tail.", "head."):
+        figures = "  ".join(f"{m} {metrics[prefix + m]:.4f}" for m in ("mrr", "hits@1", "hits@3", "hits@10"))
+        print(f"{prefix.rstrip('.') or 'all':<5} {figures}")
+
+
 def _study_validate(args: argparse.Namespace) -> None:
     from kon_ray.studies.study import check_study, load_study, parse_overrides, trial_count
 
@@ -128,6 +138,20 @@ def _report(args: argparse.Namespace) -> None:
         raise ConfigError(f"study {', '.join(i.name for i in infos)}: {error}") from None
 
 
+def _bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from kon_ray.bench import run_all, run_benchmark
+    from kon_ray.training import default_device
+
+    device = torch.device(args.device) if args.device else default_device()
+    out = Path(args.out)
+    if args.name == "all":
+        run_all(args.overrides, out, device)
+    else:
+        run_benchmark(args.name, args.overrides, out, device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kon-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -147,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("dataset", help="DB15K, MKG-W or a folder with train/valid/test.tsv")
     stats.add_argument("overrides", nargs="*", help="e.g. model.k=4 model.backbone=PATH")
     stats.set_defaults(func=_data_stats)
+    baseline = data.add_parser("baseline", help="test metrics of ranking answers by how often they answer the relation")
+    baseline.add_argument("dataset", help="DB15K, MKG-W or a folder with train/valid/test.tsv")
+    baseline.set_defaults(func=_data_baseline)
 
     study = commands.add_parser("study", help="run a study (grid, ablations, Optuna search) on Ray Tune")
     studies = study.add_subparsers(dest="study_command", required=True)
@@ -177,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", default="runs/studies", help=storage_help)
     report.add_argument("--out", help="HTML file (default: <storage>/report-<studies>.html)")
     report.set_defaults(func=_report)
+
+    from kon_ray.bench import BENCHMARKS  # a light import: each benchmark loads when it runs
+
+    bench = commands.add_parser("bench", help="measure K-ON's efficiency claims and kon-ray's overheads as ratios")
+    bench.add_argument("name", choices=[*BENCHMARKS, "all"], help="the benchmark, or all of them in turn")
+    bench.add_argument("overrides", nargs="*", help="key=value benchmark settings (steps=5) and run config (model.k=4)")
+    bench.add_argument("--out", default="runs/bench", help="folder of the JSON records, NAME.json (default: runs/bench)")
+    bench.add_argument("--device", help="cpu or cuda (default: cuda where available)")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -75,3 +75,10 @@ def test_report_of_a_folder_that_is_not_a_study(tmp_path: Path, capsys: pytest.C
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path)])
     assert "not a study folder" in capsys.readouterr().err
+
+
+def test_data_baseline_prints_both_directions(tiny_kg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["data", "baseline", str(tiny_kg)])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["all", "tail", "head"]
+    assert all(0 < float(line.split()[2]) <= 1 for line in lines)  # MRR

@@ -3,7 +3,8 @@
 Vectorised with the rank-shift trick. With a row's excluded entities sorted,
 ``a_0 < a_1 < ...``, the u-th allowed entity is ``u + #{j : a_j - j <= u}``: one
 searchsorted for all rows at once, each row's shifted values offset by ``row * E``.
-Duplicate draws within a row are redrawn until none remain; rows asking for more
+Duplicate draws within a row are redrawn (checked against a bitmap of the row's kept
+draws) until none remain; rows asking for more
 than half their allowed entities draw a random permutation instead, where redrawing
 would converge slowly.
 """
@@ -87,15 +88,24 @@ def _draw_ranks(allowed: np.ndarray, n: int, generator: torch.Generator) -> np.n
     """(rows, n) distinct ranks per row, uniform in [0, allowed[row])."""
     ranks = _uniform(allowed, (len(allowed), n), generator)
     dense = np.flatnonzero(2 * n > allowed)
+    repeat = _repeats(ranks)  # one sort; later rounds check only the redrawn slots, against a bitmap
+    repeat[dense] = False
+    taken = np.zeros((len(allowed), int(allowed.max())), dtype=bool)
+    kept_rows, kept_slots = np.nonzero(~repeat)
+    taken[kept_rows, ranks[kept_rows, kept_slots]] = True
+    rows, slots = np.nonzero(repeat)
     for _ in range(_MAX_REDRAWS):
-        repeat = _repeats(ranks)
-        repeat[dense] = False
-        if not repeat.any():
+        if not len(rows):
             break
-        rows, slots = np.nonzero(repeat)
-        ranks[rows, slots] = _uniform(allowed[rows], (len(rows), 1), generator)[:, 0]
+        draws = _uniform(allowed[rows], (len(rows), 1), generator)[:, 0]
+        _, first = np.unique(rows * taken.shape[1] + draws, return_index=True)
+        accept = np.zeros(len(rows), dtype=bool)
+        accept[first] = ~taken[rows[first], draws[first]]
+        ranks[rows[accept], slots[accept]] = draws[accept]
+        taken[rows[accept], draws[accept]] = True
+        rows, slots = rows[~accept], slots[~accept]
     else:  # not converged (vanishingly rare): permute the rows still repeating
-        dense = np.union1d(dense, np.flatnonzero(_repeats(ranks).any(axis=1)))
+        dense = np.union1d(dense, rows)
     if len(dense):
         keys = torch.rand((len(dense), int(allowed[dense].max())), dtype=torch.float64, generator=generator)
         keys[torch.arange(keys.shape[1]) >= torch.from_numpy(allowed[dense])[:, None]] = 2.0

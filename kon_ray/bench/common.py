@@ -1,0 +1,272 @@
+"""What every benchmark shares: settings from ``key=value``, timing, the setup it states, its JSON record.
+
+A benchmark measures both sides of its ratio in the same run, interleaved where it can, so that
+load on a shared machine falls on both; it never compares against a fixed time from elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from kon_ray.config import ConfigError, RunConfig
+from kon_ray.data import Queries, both_directions, sample_negatives
+from kon_ray.results import provenance, write_json
+
+if typing.TYPE_CHECKING:
+    from kon_ray.training import Setup
+
+
+@dataclass(frozen=True)
+class Check:
+    """One figure of a benchmark's verdict, against its target (``op bound``) or reported only."""
+
+    name: str
+    value: float
+    op: Literal[">=", "<="] | None = None
+    bound: float | None = None
+    unit: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.op is None or self.bound is None:
+            return None
+        return self.value >= self.bound if self.op == ">=" else self.value <= self.bound
+
+    def text(self) -> str:
+        target = "reported" if self.met is None else f"target {self.op} {self.bound:g}{self.unit}"
+        return f"{self.name} {number(self.value)}{self.unit} ({target})"
+
+
+def number(value: float) -> str:
+    """3 significant digits, without an exponent for large values."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+@dataclass
+class Report:
+    """What a benchmark returns: the setup it ran under, its figures and its checks."""
+
+    setup: dict[str, Any]
+    figures: dict[str, Any]
+    checks: list[Check]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool | None:
+        verdicts = [c.met for c in self.checks if c.met is not None]
+        return all(verdicts) if verdicts else None
+
+
+def show(line: str) -> None:
+    """A benchmark's output line, as it is measured."""
+    print(line, flush=True)
+
+
+def announce(setup: dict[str, Any]) -> dict[str, Any]:
+    show("setup: " + ", ".join(f"{key} {value}" for key, value in setup.items()))
+    return setup
+
+
+def parse_settings(cls: type[Any], pairs: Mapping[str, str]) -> Any:
+    """A benchmark's settings dataclass from undotted ``key=value`` pairs; bad keys are named."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, text in pairs.items():
+        if key not in hints:
+            raise ConfigError(f"{key}={text}: unknown benchmark setting; valid: {', '.join(hints)}")
+        values[key] = _parse(key, hints[key], text)
+    return cls(**values)
+
+
+def _parse(key: str, hint: Any, text: str) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    try:
+        if type(None) in typing.get_args(hint):
+            return None if text.lower() in ("none", "null", "") else _parse(key, args[0], text)
+        if typing.get_origin(hint) is tuple:
+            return tuple(args[0](item) for item in text.split(",") if item.strip())
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        return hint(text)
+    except ValueError:
+        raise ConfigError(f"{key}={text!r}: expected {getattr(hint, '__name__', hint)}") from None
+
+
+def split_overrides(items: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Undotted ``key=value`` items set the benchmark; dotted ones (``model.k=4``) set the run config."""
+    settings: dict[str, str] = {}
+    config: list[str] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. steps=5 or model.k=4")
+        if "." in key:
+            config.append(item)
+        else:
+            settings[key.strip()] = value.strip()
+    return settings, config
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time of one call, the device's queued work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved(
+    fns: Mapping[Any, Callable[[], Any]], rounds: int, warmup: int, device: torch.device
+) -> dict[Any, list[float]]:
+    """Times of each function over ``rounds``, taking one call of each per round after ``warmup`` rounds,
+    so that a change of load in the middle falls on every side of a ratio alike."""
+    times: dict[Any, list[float]] = {key: [] for key in fns}
+    for r in range(warmup + rounds):
+        for key, fn in fns.items():
+            elapsed = seconds(fn, device)
+            if r >= warmup:
+                times[key].append(elapsed)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    """Where the benchmark ran: device, CPU model and count, torch threads and version."""
+    info: dict[str, Any] = {"device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    info |= {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return info
+
+
+def describe(s: Setup) -> dict[str, Any]:
+    """The model and data a benchmark runs: the KG, backbone dims and parameters, K."""
+    c = s.model.backbone.config
+    backbone_params = sum(p.numel() for p in s.model.backbone.parameters())
+    return {
+        "dataset": f"{s.kg.name} ({s.kg.num_entities} entities)",
+        "backbone": f"{s.config.model.backbone} hidden {c.hidden_size} x {c.num_hidden_layers} layers, "
+        f"{c.num_attention_heads} heads, vocab {c.vocab_size}, {backbone_params / 1e6:.2f}M params "
+        f"({s.config.model.tuning} tuning)",
+        "K": s.config.model.k,
+    }
+
+
+def describe_step(s: Setup) -> dict[str, Any]:
+    """A training step's shape: queries per optimiser step, micro-batches, |N|."""
+    t = s.config.train
+    return {"batch": f"{t.global_batch} queries ({t.micro_batch} x {t.grad_accum})", "|N|": s.config.loss.negatives}
+
+
+def load(config: RunConfig, device: torch.device) -> Setup:
+    """The model and data as ``training.setup`` builds them, in train mode."""
+    from kon_ray.training import setup
+
+    s = setup(config, device)
+    s.model.train()
+    return s
+
+
+def engine_for(s: Setup) -> Any:
+    """A DeepSpeed engine over ``s.model`` as training builds it (one-process group without Ray)."""
+    from kon_ray.training import init_process_group, make_engine
+
+    init_process_group()
+    engine, _ = make_engine(s)
+    return engine
+
+
+def train_batch(s: Setup, seed: int = 0) -> Queries:
+    """One optimiser step's training queries: the first ``global_batch`` rows of a seeded permutation."""
+    queries = both_directions(s.kg.train)
+    order = np.random.default_rng(seed).permutation(len(queries))
+    return queries.take(order[: s.config.train.global_batch])
+
+
+def train_step(s: Setup, engine: Any, queries: Queries, negatives: int, step: int) -> float:
+    """One optimiser step as ``training.fit`` takes it: per micro-batch, sample |N| negatives,
+    the losses, backward, step (DeepSpeed steps the optimiser at the accumulation boundary)."""
+    from kon_ray.training import compute_losses, micro_seed
+
+    t = s.config.train
+    loss = 0.0
+    for micro in range(t.grad_accum):
+        seed = micro_seed(t.seed, step, micro)
+        torch.manual_seed(seed)
+        chunk = queries.take(slice(micro * t.micro_batch, (micro + 1) * t.micro_batch))
+        drawn = sample_negatives(s.train_index, chunk, negatives, torch.Generator().manual_seed(seed)).to(s.device)
+        terms = compute_losses(s, chunk, drawn)
+        engine.backward(terms["loss"])
+        engine.step()
+        loss += terms["loss"].item()
+    return loss
+
+
+def slope(x: list[float], y: list[float]) -> tuple[float, float]:
+    """Least-squares line through (x, y): (slope, intercept)."""
+    a, b = np.polyfit(np.asarray(x, dtype=float), np.asarray(y, dtype=float), 1)
+    return float(a), float(b)
+
+
+def record(name: str, settings: Any, config: RunConfig | None, report: Report, wall_s: float) -> dict[str, Any]:
+    """The JSON record of one benchmark run, with the provenance of the code that ran it."""
+    return {
+        "benchmark": name,
+        "setup": report.setup,
+        "settings": dataclasses.asdict(settings),
+        "figures": report.figures,
+        "checks": [{**dataclasses.asdict(c), "met": c.met} for c in report.checks],
+        "ratio": report.checks[0].value,
+        "target": "; ".join(c.text() for c in report.checks),
+        "met": report.met,
+        "notes": report.notes,
+        "wall_s": wall_s,
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config.to_dict() if config is not None else None,
+        **provenance(),
+    }
+
+
+def verdict(report: Report) -> str:
+    """The final line: every check, then met, missed or reported."""
+    status = {True: "met", False: "missed", None: "reported"}[report.met]
+    return f"ratio: {'; '.join(c.text() for c in report.checks)}: {status}"
+
+
+def write_record(out: Path, name: str, value: dict[str, Any]) -> Path:
+    path = out / f"{name}.json"
+    write_json(path, value)
+    return path

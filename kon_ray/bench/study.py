@@ -1,0 +1,132 @@
+"""A study of short trials through Ray Tune vs the same runs one after another in one process.
+
+Both sides run the same configs (one per seed) to the same step budget, validation and test
+included. The Ray side is timed from ``ray.init`` (a local Ray on 127.0.0.1 with ``cpus`` CPUs)
+to the study's result table, so Ray's start-up and each trial's worker start-up count; the
+sequential side calls ``training.run`` in this process with ``threads`` torch threads (default:
+``cpus``; on a machine shared with other work, 2 threads can wait on each other far longer than
+they gain, and ``threads=1`` is the fairer baseline). Each side's time outside training steps
+(start-up, set-up, validation, test, and on Ray the trial and worker start-up) is reported beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kon_ray.bench.common import Check, Report, announce, hardware, show
+from kon_ray.config import RunConfig, flatten
+from kon_ray.distributed import LOOPBACK_ENV
+
+BASE = {
+    "data.train_limit": "2000",
+    "data.valid_limit": "100",
+    "data.test_limit": "200",
+    "train.max_steps": "60",
+    "train.evals_per_epoch": "1",
+}
+TARGET = 1.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    trials: int = 4
+    """Trials (seeds 0..trials-1 of the same config)."""
+    cpus: int = 2
+    """CPUs of the local Ray (trials run at once as far as they fit, one CPU per worker)."""
+    threads: int | None = None
+    """torch threads of the sequential runs; None: ``cpus``."""
+
+
+def study_of(config: RunConfig, trials: int) -> object:
+    """A replicate study whose trials are ``config`` with seeds 0..trials-1."""
+    from kon_ray.studies import Study
+
+    default = dict(flatten(RunConfig().to_dict()))
+    base = {k: v for k, v in flatten(config.to_dict()) if default[k] != v and k != "train.seed"}
+    return Study(name="bench-study", base=base, seeds=tuple(range(trials)), max_concurrent_trials=trials)
+
+
+def sequential(config: RunConfig, trials: int, threads: int, folder: Path) -> tuple[list[float], list[float]]:
+    """Each seed's ``training.run`` in this process, one after another: wall and training times."""
+    from kon_ray.training import run
+
+    torch.set_num_threads(threads)
+    walls, training = [], []
+    for seed in range(trials):
+        start = time.perf_counter()
+        metrics = run(dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)), folder / f"seed-{seed}")
+        walls.append(time.perf_counter() - start)
+        training.append(metrics["train_time_s"])
+        show(f"sequential run {seed}: {walls[-1]:.1f} s, of which training steps {training[-1]:.1f} s")
+    return walls, training
+
+
+def on_ray(config: RunConfig, trials: int, cpus: int, folder: Path) -> tuple[float, float, pd.DataFrame]:
+    """The study on a fresh local Ray: seconds from ray.init to the result table, of which
+    ray.init, and the table."""
+    os.environ.update(LOOPBACK_ENV)  # before Ray is first imported
+    import ray
+
+    from kon_ray.studies.tune import SLOT, run_study
+
+    start = time.perf_counter()
+    ray.init(num_cpus=cpus, resources={SLOT: 1024}, _node_ip_address="127.0.0.1")
+    started = time.perf_counter() - start
+    try:
+        table = run_study(study_of(config, trials), __file__, {}, folder)
+    finally:
+        wall = time.perf_counter() - start
+        ray.shutdown()
+    return wall, started, table
+
+
+def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
+    cpu = torch.device("cpu")
+    setup = announce(
+        {
+            "trials": settings.trials,
+            "cpus": settings.cpus,
+            "trial": f"{config.data.dataset}, {config.data.train_limit} train triples, {config.train.max_steps} steps "
+            f"of {config.train.global_batch} queries, valid {config.data.valid_limit}, test {config.data.test_limit} triples",
+            **hardware(cpu),
+        }
+    )
+    threads = settings.threads or settings.cpus
+    with tempfile.TemporaryDirectory(prefix="kon-ray-bench-study-") as folder:
+        walls, training = sequential(config, settings.trials, threads, Path(folder) / "sequential")
+        outside = (sum(walls) - sum(training)) / settings.trials
+        show(f"sequential, {threads} torch threads: {sum(walls):.1f} s for {settings.trials} runs; {outside:.1f} s per run outside training steps")
+        wall, started, table = on_ray(config, settings.trials, settings.cpus, Path(folder) / "ray")
+    finished = int((table["status"] == "TERMINATED").sum())
+    at_once = min(settings.trials, settings.cpus)
+    ray_training = float(table["train_time_s"].sum())
+    ray_outside = (wall - ray_training / at_once) * at_once / settings.trials
+    show(
+        f"Ray Tune: {wall:.1f} s for {settings.trials} trials ({finished} finished, up to {at_once} at once, 1 CPU each; "
+        f"ray.init {started:.1f} s); about {ray_outside:.1f} s per trial outside training steps"
+    )
+    return Report(
+        setup={**setup, "sequential threads": threads},
+        figures={
+            "sequential_s": sum(walls),
+            "sequential_runs_s": walls,
+            "sequential_training_s": training,
+            "ray_s": wall,
+            "ray_init_s": started,
+            "ray_training_s": table["train_time_s"].tolist(),
+            "ray_outside_training_per_trial_s": ray_outside,
+            "ray_trials_finished": finished,
+        },
+        checks=[
+            Check("Ray Tune speed-up over sequential", sum(walls) / wall, ">=", TARGET, "x"),
+            Check("trials that did not finish", settings.trials - finished, "<=", 0),
+        ],
+    )
