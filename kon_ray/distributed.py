@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 RESULT_FILES = ("metrics.json", "ranks.parquet")
 # A local Ray and its workers' gloo groups on loopback only.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo"}
+# What `ray up` leaves on the head node: cluster.yaml as its autoscaler runs it.
+AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 
 def start_ray(address: str | None) -> None:
@@ -47,35 +49,103 @@ def start_ray(address: str | None) -> None:
         ray.init(address=address)
 
 
-def resolve_cpus(config: RunConfig, resources: dict[str, float]) -> RunConfig:
-    """Fill in ``train.cpus_per_worker`` when None: the CPUs shared out over CPU workers, 1 per GPU worker."""
+def cluster_nodes(autoscaler_config: Path = AUTOSCALER_CONFIG) -> list[dict[str, float]]:
+    """Each node's resources: on a `ray up` cluster the largest one its autoscaler may start,
+    so that a run waits for nodes still to come; elsewhere the live nodes."""
+    path = autoscaler_config.expanduser()
+    if path.is_file():
+        import yaml
+
+        return fleet_nodes(yaml.safe_load(path.read_text()))
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
+
+
+def fleet_nodes(launcher: dict[str, Any]) -> list[dict[str, float]]:
+    """Each node's resources in the largest cluster a cluster-launcher config describes: the head
+    node and every node type at its ``max_workers``."""
+    nodes = []
+    for name, kind in launcher["available_node_types"].items():
+        count = kind.get("max_workers", 0) + (name == launcher["head_node_type"])
+        nodes += [{key: float(value) for key, value in kind.get("resources", {}).items()}] * count
+    return nodes
+
+
+def total_resources(nodes: list[dict[str, float]]) -> dict[str, float]:
+    """The cluster's totals of ``nodes``' resources."""
+    totals: dict[str, float] = {}
+    for node in nodes:
+        for key, value in node.items():
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+def resolve_cpus(config: RunConfig, nodes: list[dict[str, float]]) -> RunConfig:
+    """Fill in ``train.cpus_per_worker`` when None: 1 per GPU worker; for CPU workers, the most
+    whole CPUs each with which all of them fit on ``nodes`` (each node's resources) at once."""
     t = config.train
     if t.cpus_per_worker is not None:
         return config
-    cpus = 1.0 if t.gpus_per_worker else max(1.0, float(int(resources.get("CPU", 1) // t.workers)))
+    cpus = 1.0 if t.gpus_per_worker else cpus_per_worker(t.workers, nodes)
     return dataclasses.replace(config, train=dataclasses.replace(t, cpus_per_worker=cpus))
 
 
+def cpus_per_worker(workers: int, nodes: list[dict[str, float]]) -> float:
+    """The most whole CPUs per worker (at least 1) with which ``workers`` workers fit on ``nodes``."""
+    cpus = [node.get("CPU", 0.0) for node in nodes]
+    each = max(1, int(sum(cpus) // workers))
+    while each > 1 and sum(int(c // each) for c in cpus) < workers:
+        each -= 1
+    return float(each)
+
+
+def worker_resources(config: RunConfig) -> dict[str, float]:
+    """What one Ray Train worker asks of its node; ``train.cpus_per_worker`` must be resolved."""
+    t = config.train
+    return {"CPU": t.cpus_per_worker or 1.0, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})}
+
+
+def worker_slots(config: RunConfig, nodes: list[dict[str, float]]) -> int:
+    """How many of ``config``'s workers ``nodes`` hold at once, each node filled on its own.
+
+    A GPU worker is placed by its GPUs (a GPU node has CPUs to spare), a CPU worker by its CPUs.
+    """
+    key = "GPU" if config.train.gpus_per_worker else "CPU"
+    need = worker_resources(config)[key]
+    return sum(int(node.get(key, 0.0) / need + 1e-9) for node in nodes)
+
+
 def check_resources(config: RunConfig, resources: dict[str, float], nodes: list[dict[str, float]]) -> None:
-    """Reject a run the cluster cannot place, before any worker starts."""
-    config = resolve_cpus(config, resources)
+    """Reject a run the cluster cannot place, before any worker starts.
+
+    ``resources`` are the cluster's totals and ``nodes`` each node's resources: a worker never
+    spans nodes, so the workers must fit node by node, not only in total.
+    """
+    config = resolve_cpus(config, nodes)
     t = config.train
     need_gpus = t.workers * t.gpus_per_worker
     if need_gpus > resources.get("GPU", 0):
         raise ConfigError(
-            f"train.workers={t.workers} x train.gpus_per_worker={t.gpus_per_worker} needs {need_gpus:g} GPUs; "
+            f"train.workers={t.workers} x train.gpus_per_worker={t.gpus_per_worker:g} needs {need_gpus:g} GPUs; "
             f"the cluster has {resources.get('GPU', 0):g}"
         )
-    if t.gpus_per_worker > max((n.get("GPU", 0) for n in nodes), default=0):
-        raise ConfigError(
-            f"train.gpus_per_worker={t.gpus_per_worker}: no node has that many GPUs "
-            f"(largest: {max((n.get('GPU', 0) for n in nodes), default=0):g})"
-        )
+    largest = max((n.get("GPU", 0) for n in nodes), default=0)
+    if t.gpus_per_worker > largest:
+        raise ConfigError(f"train.gpus_per_worker={t.gpus_per_worker:g}: no node has that many GPUs (largest: {largest:g})")
     need_cpus = t.workers * t.cpus_per_worker
     if need_cpus > resources.get("CPU", 0):
         raise ConfigError(
-            f"train.workers={t.workers} x train.cpus_per_worker={t.cpus_per_worker} needs {need_cpus:g} CPUs; "
+            f"train.workers={t.workers} x train.cpus_per_worker={t.cpus_per_worker:g} needs {need_cpus:g} CPUs; "
             f"the cluster has {resources.get('CPU', 0):g}"
+        )
+    slots = worker_slots(config, nodes)
+    if slots < t.workers:
+        key, field = ("GPU", "gpus_per_worker") if t.gpus_per_worker else ("CPU", "cpus_per_worker")
+        per_node = ", ".join(f"{n.get(key, 0):g}" for n in nodes)
+        raise ConfigError(
+            f"train.workers={t.workers} x train.{field}={getattr(t, field):g}: the nodes hold only {slots} such "
+            f"workers at once ({key}s per node: {per_node})"
         )
 
 
@@ -109,6 +179,7 @@ def worker(loop: dict[str, Any]) -> None:
         if resume is not None and (resume / "metrics.json").exists():
             return  # finished before the restart: nothing left to do
         metrics, table = train_and_test(config, world, on_eval, resume, device)
+    metrics["nodes"] = world.gather(ray.get_runtime_context().get_node_id())  # each rank's Ray node
     with tempfile.TemporaryDirectory() as folder:
         if world.rank == 0:
             write_results(Path(folder), metrics, table)
@@ -146,7 +217,7 @@ def build_trainer(
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.workers,
             use_gpu=t.gpus_per_worker > 0,
-            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})},
+            resources_per_worker=worker_resources(config),
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -179,10 +250,9 @@ def launch(
     if config.train.deepspeed_config and not Path(config.train.deepspeed_config).is_file():
         raise ConfigError(f"train.deepspeed_config={config.train.deepspeed_config}: no such file")
     start_ray(address)
-    import ray
-
-    config = resolve_cpus(config, ray.cluster_resources())
-    check_resources(config, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    nodes = cluster_nodes()
+    config = resolve_cpus(config, nodes)
+    check_resources(config, total_resources(nodes), nodes)
     trainer = build_trainer(config, name or out.name, storage or str((out / "ray").resolve()), max_failures, loop_extra)
     result = trainer.fit()
     if result.error is not None:

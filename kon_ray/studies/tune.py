@@ -20,7 +20,15 @@ from typing import Any
 import pandas as pd
 
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
-from kon_ray.distributed import LOOPBACK_ENV, build_trainer, check_resources
+from kon_ray.distributed import (
+    LOOPBACK_ENV,
+    build_trainer,
+    check_resources,
+    cluster_nodes,
+    cpus_per_worker,
+    total_resources,
+    worker_slots,
+)
 from kon_ray.results import write_json
 from kon_ray.studies.study import Study, check_study, trial_count, trial_overrides
 
@@ -78,6 +86,7 @@ def final_row(metrics: dict[str, Any], config: RunConfig, started: str) -> dict[
         "versions": json.dumps(metrics["versions"], sort_keys=True),
         "data_hash": metrics["data_hash"],
         "hardware": f"{config.train.workers} x {metrics['device']} on {metrics['host']}",
+        "nodes": ",".join(dict.fromkeys(metrics.get("nodes", []))),
         "started": started,
         "ended": _now(),
     }
@@ -124,30 +133,30 @@ def plan_resources(
 ) -> tuple[int, float | None, dict[str, float]]:
     """Concurrent trials, CPUs per CPU worker (None: as configured) and each trial driver's own request.
 
-    Trials run at once only as far as the cluster holds all their workers, so none waits forever.
+    ``resources`` are the cluster's totals and ``nodes`` each node's resources. Trials run at once
+    only as far as the nodes hold all their workers, so none waits forever.
     """
     driver = {SLOT: 1.0} if resources.get(SLOT, 0) >= 1 else {"CPU": 0.01}
     concurrent = max(1, min(study.max_concurrent_trials, trial_count(study), int(resources.get(SLOT, study.max_concurrent_trials))))
     workers = max(c.train.workers for c in configs)
     cpu_only = all(c.train.gpus_per_worker == 0 for c in configs)
     unset = any(c.train.cpus_per_worker is None for c in configs)
-    cpus = float(max(1, int(resources.get("CPU", 1) // (workers * concurrent)))) if cpu_only and unset else None
+    cpus = cpus_per_worker(workers * concurrent, nodes) if cpu_only and unset else None
+    resolved = [c if cpus is None or c.train.cpus_per_worker is not None else _with_cpus(c, cpus) for c in configs]
 
     def fits(n: int) -> bool:
-        for c in configs:
+        for c in resolved:
             t = c.train
-            per_worker = cpus if cpus is not None and t.cpus_per_worker is None else (t.cpus_per_worker or 1.0)
-            if n * (t.workers * per_worker + driver.get("CPU", 0)) > resources.get("CPU", 0):
+            if n * (t.workers * (t.cpus_per_worker or 1.0) + driver.get("CPU", 0)) > resources.get("CPU", 0):
                 return False
-            if n * t.workers * t.gpus_per_worker > resources.get("GPU", 0):
+            if n * t.workers > worker_slots(c, nodes):
                 return False
         return True
 
     while concurrent > 1 and not fits(concurrent):
         concurrent -= 1
-    for c in configs:
-        resolved = c if cpus is None or c.train.cpus_per_worker is not None else _with_cpus(c, cpus)
-        check_resources(resolved, resources, nodes)
+    for c in resolved:
+        check_resources(c, resources, nodes)
     return concurrent, cpus, driver
 
 
@@ -175,11 +184,10 @@ def run_study(
         overrides = saved
     configs = check_study(study, source, overrides)
     _ray_init(address)
-    import ray
     from ray import tune
 
-    resources = ray.cluster_resources()
-    concurrent, cpus, driver = plan_resources(study, configs, resources, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    nodes = cluster_nodes()
+    concurrent, cpus, driver = plan_resources(study, configs, total_resources(nodes), nodes)
     extra = {**overrides, **({"train.cpus_per_worker": cpus} if cpus is not None and "train.cpus_per_worker" not in overrides else {})}
     spec = TrialSpec(
         study=study.name,
