@@ -9,6 +9,7 @@ from the latest checkpoint, and so does a re-launch under the same name and stor
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -44,9 +45,18 @@ def start_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        ray.init(_node_ip_address="127.0.0.1")  # the dashboard (State API) stays on 127.0.0.1
+        setup = {"worker_process_setup_hook": "kon_ray.distributed.quiet_without_state_api"}
+        ray.init(_node_ip_address="127.0.0.1", runtime_env=setup)
     else:
         ray.init(address=address)
+
+
+def quiet_without_state_api() -> None:
+    """Run in each local Ray worker. Without ``ray[default]`` there is no State API, and Ray
+    Train's placement-group cleaner would warn once a second that it cannot reach it."""
+    if importlib.util.find_spec("aiohttp") is None:  # ray[default]'s dashboard needs it
+        name = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+        logging.getLogger(name).addFilter(lambda record: "Failed to query" not in record.getMessage())
 
 
 def cluster_nodes(autoscaler_config: Path = AUTOSCALER_CONFIG) -> list[dict[str, float]]:

@@ -9,6 +9,7 @@ eq. 8-10 K-step gathering, eq. 11 joint entity probability. Losses live in
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -133,29 +134,75 @@ class KON(nn.Module):
         """Eq. 8-11: the joint score of candidate entities.
 
         step_scores: (B, K, V) from ``step_log_probs``. tokens, mask: the candidates' eq. 8 token
-        ids and real-token mask, either (C, K) shared by every row (e.g. all entities) or (B, C, K).
-        Returns (B, C): log p^e in probability space (eq. 11), a logit score in 'logit' space.
-        Padding steps never contribute.
+        ids and real-token mask, either (C, K) shared by every row (all entities, for ranking) or
+        (B, C, K) per row (the positive and negatives, for training). Returns (B, C): log p^e in
+        probability space (eq. 11), a logit score in 'logit' space. Padding steps never contribute.
         """
         if tokens.dim() == 2:
-            # Eq. 10 for all rows at once: P[:, k, t_k^e] for every candidate e.
-            gathered = torch.stack([step_scores[:, k, tokens[:, k]] for k in range(tokens.shape[1])], dim=-1)
-            mask = mask.unsqueeze(0)
-        else:
-            index = tokens.transpose(1, 2)  # (B, K, C)
-            gathered = step_scores.gather(2, index).transpose(1, 2)  # (B, C, K)
+            return self._shared_candidates(step_scores, tokens, mask)
+        index = tokens.transpose(1, 2)  # (B, K, C)
+        gathered = step_scores.gather(2, index).transpose(1, 2)  # eq. 10: (B, C, K)
         return self._joint(gathered, mask)
 
-    def _joint(self, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Eq. 11 and Table 4, over real tokens only. p: (..., K) per-token scores."""
-        theta = self.step_weights.float()
+    def _joint(self, gathered: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 11 from gathered step scores (..., K)."""
+        if self._linear:
+            return (gathered * self._weights(mask)).sum(-1)
+        log_alpha = self._log_sum_weights(mask)
+        return torch.where(mask, gathered + log_alpha, float("-inf")).logsumexp(-1)  # log sum_k alpha_k p_k
+
+    @property
+    def _linear(self) -> bool:
+        """Whether the entity score is linear in the step scores (a product of probabilities is
+        a weighted sum of log-probabilities; 'logit' space sums logits) rather than in p_k."""
+        return self.config.joint == "product" or self.config.score_space == "logit"
+
+    def _weights(self, mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 11 step weights alpha_k for each candidate (..., K), 0 on padding steps.
+
+        Product: alpha_k = exp(theta_k) > 0. Sum: softmax(theta) over the entity's real tokens,
+        so that every entity's weights sum to 1 whatever its length and p^e stays in (0, 1].
+        """
         if self.config.joint == "product":
-            # prod_k p_k^{alpha_k}: a sum of weighted log-probabilities; alpha_k = exp(theta_k) > 0.
-            return (p * theta.exp() * mask).sum(-1)
-        # sum_k alpha_k p_k with alpha = softmax(theta) over the entity's real tokens, so that
-        # every entity's weights sum to 1 whatever its length and p^e stays in (0, 1].
-        log_alpha = torch.where(mask, theta, torch.finfo(p.dtype).min)
-        log_alpha = log_alpha - log_alpha.logsumexp(-1, keepdim=True)
-        if self.config.score_space == "probability":
-            return torch.where(mask, p + log_alpha, float("-inf")).logsumexp(-1)  # log sum_k alpha_k p_k
-        return (p * log_alpha.exp() * mask).sum(-1)  # published: weighted mean of logits
+            return self.step_weights.float().exp() * mask
+        return self._log_sum_weights(mask).exp() * mask
+
+    def _log_sum_weights(self, mask: torch.Tensor) -> torch.Tensor:
+        """log alpha_k of the sum: log-softmax of theta over real tokens (finite, so gradients are)."""
+        theta = self.step_weights.float()
+        return torch.log_softmax(torch.where(mask, theta, torch.finfo(theta.dtype).min), -1)
+
+    def _shared_candidates(self, step_scores: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 10-11 for candidates shared by every row (all entities) as one sparse product.
+
+        Entity e's score is linear in P[:, k, t_k^e] (or in exp P for the sum of probabilities),
+        so a sparse (C, K*V) matrix holding alpha_k at column k*V + t_k^e scores every entity at
+        once, without materialising (B, C, K) gathers. The sum of probabilities is scaled by
+        each row's most likely token; entities whose sum underflows that scale (below the
+        smallest normal float) are scored again exactly by gathering. For ranking only: no gradient flows.
+        """
+        if torch.is_grad_enabled() and step_scores.requires_grad:
+            raise RuntimeError("scoring shared candidates is for ranking; train on per-row (B, C, K) candidates")
+        b, k, v = step_scores.shape
+        steps = torch.arange(k, device=tokens.device).expand_as(tokens)
+        entity = torch.arange(len(tokens), device=tokens.device)[:, None].expand_as(tokens)
+        weights = self._weights(mask)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            matrix = torch.sparse_coo_tensor(
+                torch.stack([entity[mask], (steps * v + tokens)[mask]]),
+                weights[mask],
+                (len(tokens), k * v),
+                check_invariants=False,
+            ).to_sparse_csr()
+        flat = step_scores.reshape(b, k * v)
+        if self._linear:
+            return (matrix @ flat.t()).t()
+        top = flat.amax(1, keepdim=True)
+        summed = (matrix @ (flat - top).exp_().t()).t()  # (B, C): sum_k alpha_k p_k / exp(top)
+        rows, cols = (summed < torch.finfo(summed.dtype).tiny).nonzero(as_tuple=True)  # underflow
+        scores = summed.log_().add_(top)
+        if len(rows):
+            gathered = step_scores[rows[:, None], steps[:1], tokens[cols]]  # (n, K)
+            scores[rows, cols] = self._joint(gathered, mask[cols])
+        return scores

@@ -197,13 +197,19 @@ def evaluate(s: Setup, split: str, limit: int | None, world: World = World()) ->
     model.eval()
 
     def score(chunk: Queries) -> torch.Tensor:
-        batch = s.encoded.batch(chunk, with_targets=False).to(s.device)
-        return model.scores_all(batch, s.entity_tokens, s.entity_mask).float()
+        rows = s.encoded.prompt_rows(chunk)
+        _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        batch = s.encoded.batch(chunk.take(first), with_targets=False).to(s.device)
+        scores = model.scores_all(batch, s.entity_tokens, s.entity_mask).float()
+        return scores[torch.as_tensor(inverse, device=s.device)]  # a repeated prompt is scored once
 
-    local = rank_queries(score, queries.take(np.maximum(shard, 0)), s.filter_index, s.config.eval.query_chunk)
-    local["query"] = shard
+    local_queries = queries.take(np.maximum(shard, 0))
+    rows = s.encoded.prompt_rows(local_queries)
+    order = np.lexsort((rows, s.encoded.prompt_lengths(rows)))  # chunks of like length pad less
+    local = rank_queries(score, local_queries.take(order), s.filter_index, s.config.eval.query_chunk)
+    local["query"] = shard[order]
     model.train(was_training)
-    table = pd.concat(world.gather(local[shard >= 0]), ignore_index=True).sort_values("query")
+    table = pd.concat(world.gather(local[local["query"] >= 0]), ignore_index=True).sort_values("query")
     table = table.drop(columns="query").reset_index(drop=True)
     return metrics_from_table(table, s.config.eval.ties), table
 

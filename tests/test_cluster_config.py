@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -41,6 +43,27 @@ def test_safe_defaults(cluster: dict) -> None:
     assert cluster["available_node_types"]["head"]["resources"]["CPU"] == 0  # no training on the head
     gpu = cluster["available_node_types"]["gpu_a100"]
     assert gpu["resources"]["GPU"] == 8 and gpu["max_workers"] <= cluster["max_workers"]
+
+
+def extras(name: str, groups: dict[str, list[str]]) -> list[str]:
+    """The requirements of extra ``name`` of kon-ray, its kon-ray[...] references expanded."""
+    out = []
+    for requirement in groups[name]:
+        if requirement.startswith("kon-ray["):
+            for inner in requirement[len("kon-ray[") : -1].split(","):
+                out += extras(inner, groups)
+        else:
+            out.append(requirement)
+    return out
+
+
+def test_nodes_install_what_ray_up_and_job_submission_need(cluster: dict) -> None:
+    """The head runs the autoscaler and the job server, which come with ray[default] only."""
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    commands = " ".join(cluster["setup_commands"])
+    (extra,) = re.findall(r"kon-ray\[(\w+)\]", commands)
+    assert any(r.startswith("ray[") and "default" in r.split("]")[0] for r in extras(extra, groups))
+    assert {"deepspeed", "optuna", "plotly"} <= {re.split(r"[<>=\[]", r)[0] for r in extras(extra, groups)}
 
 
 def test_a_broken_cluster_yaml_is_caught(cluster: dict) -> None:

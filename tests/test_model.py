@@ -122,6 +122,30 @@ def test_gathering_matches_naive_reference(joint: str) -> None:
     torch.testing.assert_close(got, expected.gather(1, per_row), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("joint", "space"), [("sum", "probability"), ("product", "probability"), ("sum", "logit")])
+@pytest.mark.parametrize("spread", [1.0, 300.0])
+def test_all_entity_scoring_matches_per_row_gathering(joint: str, space: str, spread: float) -> None:
+    """The sparse product that scores all entities equals eq. 10-11 gathered per row, also when
+    step distributions are so peaked that exp underflows (spread 300: rescored exactly)."""
+    kon = make_kon(joint=joint, score_space=space)
+    with torch.no_grad():
+        kon.step_weights.copy_(torch.tensor([0.3, -0.2, 0.5, 0.0]))
+    step = torch.log_softmax(torch.randn(5, K, VOCAB) * spread, dim=-1)
+    tokens = torch.randint(0, VOCAB, (40, K))
+    mask = torch.arange(K)[None] < torch.randint(1, K + 1, (40, 1))
+    with torch.no_grad():
+        shared = kon.entity_scores(step, tokens, mask)
+    per_row = kon.entity_scores(step, tokens.expand(5, -1, -1), mask.expand(5, -1, -1))
+    assert torch.isfinite(shared).all()
+    torch.testing.assert_close(shared, per_row, atol=1e-5, rtol=1e-6)
+
+
+def test_all_entity_scoring_refuses_gradients() -> None:
+    step = torch.log_softmax(torch.randn(2, K, VOCAB, requires_grad=True), dim=-1)
+    with pytest.raises(RuntimeError, match="for ranking"):
+        make_kon().entity_scores(step, torch.zeros(3, K, dtype=torch.long), torch.ones(3, K, dtype=torch.bool))
+
+
 def test_padding_does_not_change_scores() -> None:
     """A padded step's token id must not matter."""
     kon = make_kon()
@@ -139,7 +163,8 @@ def test_learnable_step_weights_are_updated_by_the_optimiser() -> None:
     step = torch.log_softmax(torch.randn(2, K, VOCAB), dim=-1)
     tokens = torch.randint(0, VOCAB, (5, K))
     before = kon.step_weights.detach().clone()
-    kon.entity_scores(step, tokens, torch.ones(5, K, dtype=torch.bool))[:, 0].sum().backward()
+    mask = torch.ones(2, 5, K, dtype=torch.bool)
+    kon.entity_scores(step, tokens.expand(2, -1, -1), mask)[:, 0].sum().backward()
     optimizer.step()
     assert not torch.allclose(before, kon.step_weights.detach())
 

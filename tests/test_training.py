@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from kon_ray.config import ConfigError
+from kon_ray.data import Queries, both_directions
+from kon_ray.evaluation import QUERY_COLUMNS, rank_queries
 from kon_ray.training import evaluate, run, setup
 from tests.conftest import tiny_config
 
@@ -17,6 +21,26 @@ def test_untrained_model_is_near_chance(tiny_kg: Path) -> None:
     s = setup(tiny_config(tiny_kg))
     metrics, _ = evaluate(s, "test", None)
     assert metrics["mrr"] < 0.15
+
+
+@pytest.mark.slow
+def test_evaluation_batching_is_invisible(tiny_kg: Path) -> None:
+    """Length-sorted chunks with repeated prompts scored once give every query the rank it gets
+    scored alone, and the table keeps the split's query order."""
+    s = setup(tiny_config(tiny_kg, "eval.query_chunk=7"))
+    _, table = evaluate(s, "test", None)
+    queries = both_directions(s.kg.test)
+    assert len(np.unique(s.encoded.prompt_rows(queries))) < len(queries)  # some prompts repeat
+    for name in QUERY_COLUMNS:
+        np.testing.assert_array_equal(table[name].to_numpy(), getattr(queries, name))
+    s.model.eval()
+
+    def alone(query: Queries) -> torch.Tensor:
+        return s.model.scores_all(s.encoded.batch(query, with_targets=False), s.entity_tokens, s.entity_mask)
+
+    expected = rank_queries(alone, queries, s.filter_index, chunk=1)
+    np.testing.assert_allclose(table["target_score"], expected["target_score"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(table["realistic"], expected["realistic"])
 
 
 @pytest.mark.slow

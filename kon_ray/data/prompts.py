@@ -92,9 +92,17 @@ class EncodedKG:
     def _key(self, queries: Queries) -> np.ndarray:
         return (queries.direction * self.num_relations + queries.relation) * self.num_entities + queries.anchor
 
+    def prompt_rows(self, queries: Queries) -> np.ndarray:
+        """Each query's row in the prompt table: queries with equal rows share one prompt."""
+        return np.searchsorted(self.prompt_keys, self._key(queries))
+
+    def prompt_lengths(self, rows: np.ndarray) -> np.ndarray:
+        """Token counts of the prompts at ``rows`` (from ``prompt_rows``)."""
+        return self.prompt_offsets[rows + 1] - self.prompt_offsets[rows]
+
     def batch(self, queries: Queries, with_targets: bool) -> Batch:
         """Prompts of ``queries``; with targets, the target tokens are appended (teacher forcing, eq. 13)."""
-        rows = np.searchsorted(self.prompt_keys, self._key(queries))
+        rows = self.prompt_rows(queries)
         starts, ends = self.prompt_offsets[rows], self.prompt_offsets[rows + 1]
         prompt_len = ends - starts
         targets = torch.as_tensor(queries.target)
