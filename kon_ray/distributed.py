@@ -33,8 +33,9 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": 
 AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 
-def start_ray(address: str | None) -> None:
-    """Join ``address`` (e.g. 'auto' on a cluster) or start a local Ray bound to 127.0.0.1.
+def start_ray(address: str | None, **local: Any) -> None:
+    """Join ``address`` (e.g. 'auto' on a cluster) or start a local Ray bound to 127.0.0.1,
+    ``local`` being further ``ray.init`` arguments for it (``num_cpus``, ``resources``).
 
     Ray reads the loopback switch when it is first imported, so this runs before any import of ray.
     """
@@ -46,7 +47,7 @@ def start_ray(address: str | None) -> None:
         return
     if address is None:
         setup = {"worker_process_setup_hook": "kon_ray.distributed.quiet_without_state_api"}
-        ray.init(_node_ip_address="127.0.0.1", runtime_env=setup)
+        ray.init(_node_ip_address="127.0.0.1", runtime_env=setup, **local)
     else:
         ray.init(address=address)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import sqlite3
@@ -17,7 +18,7 @@ import pytest
 
 from kon_ray.config import ConfigError, RunConfig, flatten
 from kon_ray.studies import Study, check_study, load_study
-from kon_ray.studies.table import METRICS, study_table
+from kon_ray.studies.table import LIVE_STATE_S, METRICS, study_table
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +126,17 @@ def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(tiny_kg: Path
     report = subprocess.run(cli("report", str(path), "--storage", str(storage)), check=True, capture_output=True, text=True)
     html = Path(report.stdout.split("report: ")[-1].strip())
     assert html == (storage / "report-killed.html").resolve() and 'id="fig-heads"' in html.read_text()
+    # A trial that the driver last saved as running shows as RUNNING while that state is fresh;
+    # once it is stale (the driver stopped), as PENDING: --resume would run it.
+    (state,) = folder.glob("experiment_state*.json")
+    saved = json.loads(state.read_text())
+    trial = json.loads(saved["trial_data"][0][0])
+    saved["trial_data"][0][0] = json.dumps({**trial, "status": "RUNNING"})
+    state.write_text(json.dumps(saved))
+    assert study_table(folder).set_index("trial_id").loc[trial["trial_id"], "status"] == "RUNNING"
+    stale = time.time() - LIVE_STATE_S - 60
+    os.utime(state, (stale, stale))
+    assert study_table(folder).set_index("trial_id").loc[trial["trial_id"], "status"] == "PENDING"
 
 
 @pytest.fixture(scope="module")

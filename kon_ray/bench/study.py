@@ -6,13 +6,14 @@ to the study's result table, so Ray's start-up and each trial's worker start-up 
 sequential side calls ``training.run`` in this process with ``threads`` torch threads (default:
 ``cpus``; on a machine shared with other work, 2 threads can wait on each other far longer than
 they gain, and ``threads=1`` is the fairer baseline). Each side's time outside training steps
-(start-up, set-up, validation, test, and on Ray the trial and worker start-up) is reported beside it.
+(start-up, set-up, validation, test, and on Ray the trial and worker start-up) is reported beside it,
+and so is the speed-up of the training steps alone: the most that running trials side by side
+could gain on these CPUs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import torch
 
 from kon_ray.bench.common import Check, Report, announce, hardware, show
 from kon_ray.config import RunConfig, flatten
-from kon_ray.distributed import LOOPBACK_ENV
+from kon_ray.distributed import start_ray
 
 BASE = {
     "data.train_limit": "2000",
@@ -72,13 +73,12 @@ def sequential(config: RunConfig, trials: int, threads: int, folder: Path) -> tu
 def on_ray(config: RunConfig, trials: int, cpus: int, folder: Path) -> tuple[float, float, pd.DataFrame]:
     """The study on a fresh local Ray: seconds from ray.init to the result table, of which
     ray.init, and the table."""
-    os.environ.update(LOOPBACK_ENV)  # before Ray is first imported
-    import ray
-
     from kon_ray.studies.tune import SLOT, run_study
 
     start = time.perf_counter()
-    ray.init(num_cpus=cpus, resources={SLOT: 1024}, _node_ip_address="127.0.0.1")
+    start_ray(None, num_cpus=cpus, resources={SLOT: 1024})
+    import ray
+
     started = time.perf_counter() - start
     try:
         table = run_study(study_of(config, trials), __file__, {}, folder)
@@ -113,6 +113,10 @@ def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
         f"Ray Tune: {wall:.1f} s for {settings.trials} trials ({finished} finished, up to {at_once} at once, 1 CPU each; "
         f"ray.init {started:.1f} s); about {ray_outside:.1f} s per trial outside training steps"
     )
+    # What running trials side by side gains on its own: the speed-up if neither side spent any
+    # time outside training steps (on 2 cores, 2 one-thread trials against one two-thread run).
+    steps_only = sum(training) / (ray_training / at_once)
+    show(f"training steps alone: {steps_only:.2f}x faster on Ray ({sum(training):.1f} s against {ray_training / at_once:.1f} s)")
     return Report(
         setup={**setup, "sequential threads": threads},
         figures={
@@ -124,6 +128,7 @@ def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
             "ray_training_s": table["train_time_s"].tolist(),
             "ray_outside_training_per_trial_s": ray_outside,
             "ray_trials_finished": finished,
+            "steps_only_speedup": steps_only,
         },
         checks=[
             Check("Ray Tune speed-up over sequential", sum(walls) / wall, ">=", TARGET, "x"),

@@ -9,9 +9,12 @@ shows its latest validation, and ``best.<metric>`` is the best of the study's me
 from __future__ import annotations
 
 import io
+import json
 import re
+import time
 from pathlib import Path
 from typing import Any
+
 import pandas as pd
 
 from kon_ray.config import RunConfig
@@ -23,6 +26,8 @@ COST = ("trainable_params", "step_time_s", "train_time_s", "device_hours")
 PROVENANCE = ("git_commit", "git_dirty", "versions", "data_hash", "hardware", "started", "ended")
 STATUSES = ("TERMINATED", "ERROR", "PRUNED", "RUNNING", "PENDING")
 ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*$", re.MULTILINE)
+LIVE_STATE_S = 300.0
+"""A live Tune driver saves its experiment state every 10 s or so; an older state is a stopped driver's."""
 
 
 def study_table(folder: Path) -> pd.DataFrame:
@@ -39,6 +44,7 @@ def study_table(folder: Path) -> pd.DataFrame:
 
     from kon_ray.studies.callbacks import trial_status
 
+    running = _running_trials(folder)
     rows = []
     for trial in ExperimentAnalysis(str(folder)).trials:
         result, params = trial.last_result or {}, dict(trial.config)
@@ -48,7 +54,7 @@ def study_table(folder: Path) -> pd.DataFrame:
         rows.append({
             "study": spec.study,
             "trial_id": trial.trial_id,
-            "status": trial_status(trial.status, result),
+            "status": "RUNNING" if trial.trial_id in running else trial_status(trial.status, result),
             "seed": params.get("seed"),
             "error": _error(Path(trial.path)),
             "failures": trial.run_metadata.num_failures,
@@ -58,6 +64,16 @@ def study_table(folder: Path) -> pd.DataFrame:
             "device_hours": None if train_time is None else train_time * t.workers * max(t.gpus_per_worker, 1) / 3600,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
+
+
+def _running_trials(folder: Path) -> set[str]:
+    """Trials that a live driver last saved as running. ExperimentAnalysis loads a running trial
+    as PENDING (what it would be on a resume); that is right only once the driver has stopped."""
+    state = max(folder.glob("experiment_state*.json"), key=lambda p: p.stat().st_mtime)
+    if time.time() - state.stat().st_mtime > LIVE_STATE_S:
+        return set()
+    trials = [json.loads(trial) for trial, _ in json.loads(state.read_text())["trial_data"]]
+    return {trial["trial_id"] for trial in trials if trial["status"] == "RUNNING"}
 
 
 def _value(config: RunConfig, column: str) -> Any:
@@ -88,11 +104,11 @@ def export_table(table: pd.DataFrame, out: Path, study: str) -> tuple[Path, Path
     return parquet, csv
 
 
-def status_text(table: pd.DataFrame, spec: TrialSpec, expected: int | None = None) -> str:
-    """Counts per status and the best trial so far by the study's metric."""
+def status_text(table: pd.DataFrame, spec: TrialSpec) -> str:
+    """Counts per status (trials Tune has not created yet count as pending) and the best trial so far."""
     counts = table["status"].value_counts().to_dict()
-    total = f"/{expected}" if expected is not None else ""
-    lines = [f"{spec.study}: {len(table)}{total} trials: " + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in STATUSES)]
+    counts["PENDING"] = counts.get("PENDING", 0) + max(0, spec.trials - len(table))
+    lines = [f"{spec.study}: {max(spec.trials, len(table))} trials: " + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in STATUSES)]
     scored = table.dropna(subset=[spec.metric]) if spec.metric in table.columns else table.iloc[:0]
     if len(scored):
         best = scored.loc[scored[spec.metric].astype(float).idxmax() if spec.mode == "max" else scored[spec.metric].astype(float).idxmin()]

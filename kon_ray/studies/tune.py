@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,11 @@ import pandas as pd
 
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
 from kon_ray.distributed import (
-    LOOPBACK_ENV,
     build_trainer,
     check_resources,
     cluster_nodes,
     cpus_per_worker,
+    start_ray,
     total_resources,
     worker_slots,
 )
@@ -51,6 +50,8 @@ class TrialSpec:
     varied: tuple[str, ...]
     metric: str
     mode: str
+    trials: int
+    """Trials the study runs: its grid x variants x seeds, or its Optuna sample budget."""
     train_storage: str
     """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
     loop_extra: Mapping[str, Any] = field(default_factory=dict)
@@ -114,20 +115,6 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     tune.report(final_row(metrics, config, started))
 
 
-def _ray_init(address: str | None) -> None:
-    """Join ``address`` or start a local Ray on 127.0.0.1 with trial slots."""
-    if address is None:
-        os.environ.update(LOOPBACK_ENV)
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address is None:
-        ray.init(_node_ip_address="127.0.0.1", resources={SLOT: 1024})
-    else:
-        ray.init(address=address)
-
-
 def plan_resources(
     study: Study, configs: list[RunConfig], resources: dict[str, float], nodes: list[dict[str, float]]
 ) -> tuple[int, float | None, dict[str, float]]:
@@ -183,7 +170,7 @@ def run_study(
             raise ConfigError(f"--resume: overrides {dict(overrides)} differ from the run's {saved}; resume with none")
         overrides = saved
     configs = check_study(study, source, overrides)
-    _ray_init(address)
+    start_ray(address, resources={SLOT: 1024})
     from ray import tune
 
     nodes = cluster_nodes()
@@ -197,6 +184,7 @@ def run_study(
         varied=study.varied,
         metric=study.metric,
         mode=study.mode,
+        trials=trial_count(study),
         train_storage=str(folder / "train"),
         loop_extra=dict(loop_extra or {}),
     )
