@@ -179,7 +179,8 @@ class KON(nn.Module):
         so a sparse (C, K*V) matrix holding alpha_k at column k*V + t_k^e scores every entity at
         once, without materialising (B, C, K) gathers. The sum of probabilities is scaled by
         each row's most likely token; entities whose sum underflows that scale (below the
-        smallest normal float) are scored again exactly by gathering. For ranking only: no gradient flows.
+        smallest normal float) are scored again exactly by gathering. For ranking only: no
+        gradient flows.
         """
         if torch.is_grad_enabled() and step_scores.requires_grad:
             raise RuntimeError("scoring shared candidates is for ranking; train on per-row (B, C, K) candidates")
