@@ -128,7 +128,7 @@ def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(tiny_kg: Path
     assert html == (storage / "report-killed.html").resolve() and 'id="fig-heads"' in html.read_text()
     # A trial that the driver last saved as running shows as RUNNING while that state is fresh;
     # once it is stale (the driver stopped), as PENDING: --resume would run it.
-    (state,) = folder.glob("experiment_state*.json")
+    state = max(folder.glob("experiment_state*.json"))  # the resumed session's
     saved = json.loads(state.read_text())
     trial = json.loads(saved["trial_data"][0][0])
     saved["trial_data"][0][0] = json.dumps({**trial, "status": "RUNNING"})

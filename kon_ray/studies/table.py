@@ -69,7 +69,7 @@ def study_table(folder: Path) -> pd.DataFrame:
 def _running_trials(folder: Path) -> set[str]:
     """Trials that a live driver last saved as running. ExperimentAnalysis loads a running trial
     as PENDING (what it would be on a resume); that is right only once the driver has stopped."""
-    state = max(folder.glob("experiment_state*.json"), key=lambda p: p.stat().st_mtime)
+    state = max(folder.glob("experiment_state*.json"))  # the newest session's: names end in its start time
     if time.time() - state.stat().st_mtime > LIVE_STATE_S:
         return set()
     trials = [json.loads(trial) for trial, _ in json.loads(state.read_text())["trial_data"]]
