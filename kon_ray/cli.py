@@ -48,6 +48,7 @@ def _data_stats(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(config.model, kg, config.data.prompt)
     encoded = encode_kg(kg, tokenizer, config.data.prompt, k)
     lengths = encoded.name_lengths
+    seen = len(kg.valid) - len(kg.unseen("valid"))
     rows = [
         ("dataset", kg.name),
         ("entities", kg.num_entities),
@@ -55,6 +56,7 @@ def _data_stats(args: argparse.Namespace) -> None:
         ("train", len(kg.train)),
         ("valid", len(kg.valid)),
         ("test", len(kg.test)),
+        ("valid triples also in train", f"{seen} ({seen / max(len(kg.valid), 1):.0%})"),
         ("tokenizer", f"{config.model.backbone} ({len(tokenizer)} tokens)"),
         ("name tokens (mean / max)", f"{lengths.mean():.2f} / {lengths.max()}"),
         (f"names truncated at K={k}", f"{int((lengths > k).sum())} ({(lengths > k).mean():.2%})"),
@@ -65,13 +67,26 @@ def _data_stats(args: argparse.Namespace) -> None:
 
 
 def _data_baseline(args: argparse.Namespace) -> None:
-    from kon_ray.baseline import relation_frequency_metrics
+    from kon_ray.backbone import load_tokenizer
+    from kon_ray.baseline import baseline_metrics, relation_frequency, relation_token_prior
     from kon_ray.data import load_kg
+    from kon_ray.data.prompts import encode_kg
 
-    metrics = relation_frequency_metrics(load_kg(args.dataset))
-    for prefix in ("", "tail.", "head."):
-        figures = "  ".join(f"{m} {metrics[prefix + m]:.4f}" for m in ("mrr", "hits@1", "hits@3", "hits@10"))
-        print(f"{prefix.rstrip('.') or 'all':<5} {figures}")
+    config = apply_overrides(RunConfig(), [f"data.dataset={args.dataset}", *args.overrides])
+    kg = load_kg(config.data.dataset)
+    encoded = encode_kg(kg, load_tokenizer(config.model, kg, config.data.prompt), config.data.prompt, config.model.k)
+    baselines = {
+        "relation frequency (entity counts)": relation_frequency(kg),
+        f"relation token prior (eq. 11, K={config.model.k})": relation_token_prior(
+            kg, encoded.entity_tokens, encoded.entity_mask
+        ),
+    }
+    for title, score in baselines.items():
+        metrics = baseline_metrics(kg, score)
+        print(title)
+        for prefix in ("", "tail.", "head."):
+            figures = "  ".join(f"{m} {metrics[prefix + m]:.4f}" for m in ("mrr", "hits@1", "hits@3", "hits@10"))
+            print(f"  {prefix.rstrip('.') or 'all':<5} {figures}")
 
 
 def _study_validate(args: argparse.Namespace) -> None:
@@ -171,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("dataset", help="DB15K, MKG-W or a folder with train/valid/test.tsv")
     stats.add_argument("overrides", nargs="*", help="e.g. model.k=4 model.backbone=PATH")
     stats.set_defaults(func=_data_stats)
-    baseline = data.add_parser("baseline", help="test metrics of ranking answers by how often they answer the relation")
+    baseline = data.add_parser("baseline", help="test metrics of ranking answers by what their relation alone says")
     baseline.add_argument("dataset", help="DB15K, MKG-W or a folder with train/valid/test.tsv")
+    baseline.add_argument("overrides", nargs="*", help="e.g. model.k=4 model.embedded.vocab_size=8192")
     baseline.set_defaults(func=_data_baseline)
 
     study = commands.add_parser("study", help="run a study (grid, ablations, Optuna search) on Ray Tune")

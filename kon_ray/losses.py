@@ -55,12 +55,13 @@ def contrastive(pos: torch.Tensor, neg: torch.Tensor, config: LossConfig, probab
     return bce_adversarial(pos, neg, config.adversarial_temperature, probability)
 
 
-def sft(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
-    """Eq. 13 on the backbone head's teacher-forced step logits (B, K, V) for the target's tokens.
+def sft(logits: torch.Tensor, tokens: torch.Tensor, queries: int, config: LossConfig) -> torch.Tensor:
+    """Eq. 13 on the backbone head's teacher-forced logits (n, V) at the targets' n real
+    (non-padding) steps, tokens (n,): the sum over steps, averaged over the ``queries``.
 
     'eq13': sum_k (-log p_k^e + mean_{j in V} log p_k^j), each log p taken as log(p + floor) as
     in eq. 12 (as printed, the term equals mean logit minus target logit: unbounded).
-    'cross_entropy': sum_k -log p_k^e, the standard SFT loss. Padding steps are skipped.
+    'cross_entropy': sum_k -log p_k^e, the standard SFT loss.
     """
     log_p = F.log_softmax(logits.float(), dim=-1)
     target = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -68,14 +69,14 @@ def sft(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, config: 
         per_step = -_floored(target, config.floor) + _floored(log_p, config.floor).mean(-1)
     else:
         per_step = -target
-    return (per_step * mask).sum(-1).mean()
+    return per_step.sum() / queries
 
 
-def tdt(kon_logits: torch.Tensor, llm_logits: torch.Tensor, mask: torch.Tensor, detach_target: bool) -> torch.Tensor:
-    """Eq. 14: sum_k KL(p_k^{K-ON} || p_k^{LLM}) over the target's real steps."""
+def tdt(kon_logits: torch.Tensor, llm_logits: torch.Tensor, queries: int, detach_target: bool) -> torch.Tensor:
+    """Eq. 14: sum_k KL(p_k^{K-ON} || p_k^{LLM}) over the targets' n real steps (logits (n, V)),
+    averaged over the ``queries``."""
     log_kon = F.log_softmax(kon_logits.float(), dim=-1)
     log_llm = F.log_softmax(llm_logits.float(), dim=-1)
     if detach_target:
         log_llm = log_llm.detach()
-    kl = (log_kon.exp() * (log_kon - log_llm)).sum(-1)
-    return (kl * mask).sum(-1).mean()
+    return (log_kon.exp() * (log_kon - log_llm)).sum() / queries

@@ -91,6 +91,11 @@ def check_against_data(config: RunConfig, kg: KnowledgeGraph) -> None:
             f"loss.negatives={config.loss.negatives}: |N| must be below the number of entities "
             f"of {kg.name} ({kg.num_entities})"
         )
+    if config.data.valid_unseen and not len(kg.unseen("valid")):
+        raise ConfigError(
+            f"data.valid_unseen=True: every valid triple of {kg.name} is a training triple, so none is left "
+            "to validate on; set data.valid_unseen=false to validate on them anyway"
+        )
     if config.loss.contrastive == "eq12" and config.model.score_space == "logit":
         raise ConfigError("loss.contrastive='eq12' needs model.score_space='probability' (it takes log p)")
     if config.model.joint == "product" and config.model.score_space == "logit":
@@ -142,19 +147,19 @@ def compute_losses(s: Setup, queries: Queries, negatives: torch.Tensor) -> dict[
     out: dict[str, torch.Tensor] = {}
     if cfg.nce_weight > 0:
         candidates = torch.cat([torch.as_tensor(queries.target, device=s.device)[:, None], negatives], dim=1)
-        step = model.kon.step_log_probs(kon_logits)
-        scores = model.kon.entity_scores(step, s.entity_tokens[candidates], s.entity_mask[candidates])
+        step_scores = model.kon.step_log_probs(kon_logits)
+        scores = model.kon.entity_scores(step_scores, s.entity_tokens[candidates], s.entity_mask[candidates])
         probability = s.config.model.score_space == "probability"
         out["nce"] = cfg.nce_weight * losses.contrastive(scores[:, 0], scores[:, 1:], cfg, probability)
     if cfg.sft_weight > 0 or cfg.tdt_weight > 0:
-        # The backbone head, teacher-forced: position last + k predicts the target's token k.
-        k = s.config.model.k
-        positions = (batch.last[:, None] + torch.arange(k, device=h.device)).clamp(max=h.shape[1] - 1)
-        llm_logits = model._head(h[rows[:, None], positions])
+        # The backbone head, teacher-forced at the target's real steps only: position last + k
+        # predicts the target's token k.
+        query, step = batch.target_mask.nonzero(as_tuple=True)
+        llm_logits = model._head(h[query, batch.last[query] + step])  # (n, V)
         if cfg.sft_weight > 0:
-            out["sft"] = cfg.sft_weight * losses.sft(llm_logits, batch.target_tokens, batch.target_mask, cfg)
+            out["sft"] = cfg.sft_weight * losses.sft(llm_logits, batch.target_tokens[query, step], len(h), cfg)
         if cfg.tdt_weight > 0:
-            out["tdt"] = cfg.tdt_weight * losses.tdt(kon_logits, llm_logits, batch.target_mask, cfg.kl_detach_target)
+            out["tdt"] = cfg.tdt_weight * losses.tdt(kon_logits[query, step], llm_logits, len(h), cfg.kl_detach_target)
     out["loss"] = sum(out.values())
     return out
 
@@ -189,8 +194,12 @@ class World:
 
 
 def evaluate(s: Setup, split: str, limit: int | None, world: World = World()) -> tuple[dict[str, float], pd.DataFrame]:
-    """Filtered ranking of ``split`` (both directions) against all entities, queries sharded over ranks."""
-    queries = both_directions(getattr(s.kg, split)[:limit])
+    """Filtered ranking of ``split`` (both directions) against all entities, queries sharded over ranks.
+
+    The valid split holds only its triples unseen in training when ``data.valid_unseen``.
+    """
+    triples = s.kg.unseen(split) if split == "valid" and s.config.data.valid_unseen else getattr(s.kg, split)
+    queries = both_directions(triples[:limit])
     shard = world.shard(len(queries))
     model = s.model
     was_training = model.training
@@ -288,13 +297,14 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
         best: dict[str, torch.Tensor] | None, on_eval: OnEval) -> dict[str, torch.Tensor] | None:
     """Train from ``state`` until the epoch, step or time budget runs out; return the best weights.
 
-    Each optimiser step takes the next ``global_batch`` rows of a seeded permutation and splits
-    them into ``grad_accum x workers`` micro-batches; rank r takes micro-batches r, r + workers, ...
+    Each optimiser step takes the next ``global_batch`` rows of a seeded permutation, orders them
+    by token count and splits them into ``grad_accum x workers`` micro-batches; rank r takes micro-batches r, r + workers, ...
     so that any number of workers sees the same data, negatives and dropout for a given seed.
     ``on_eval`` runs on every rank after each validation (checkpoint, report).
     """
     cfg = s.config.train
     queries = both_directions(s.kg.train)
+    lengths = s.encoded.training_lengths(queries)
     steps_per_epoch = max(1, len(queries) // cfg.global_batch)
     total = math.ceil(cfg.epochs * steps_per_epoch)
     if cfg.max_steps is not None:
@@ -312,6 +322,7 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
             order, order_epoch = np.random.default_rng([cfg.seed, epoch]).permutation(len(queries)), epoch
         start = time.perf_counter()
         rows = order[within * cfg.global_batch : (within + 1) * cfg.global_batch]
+        rows = rows[np.argsort(lengths[rows], kind="stable")]  # micro-batches of like length pad less
         for a in range(cfg.grad_accum):
             micro = a * world.size + world.rank
             seed = micro_seed(cfg.seed, state.step, micro)

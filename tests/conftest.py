@@ -56,6 +56,7 @@ def tiny_config(dataset: Path, *overrides: str) -> RunConfig:
         [
             f"data.dataset={dataset}",
             "data.valid_limit=none",
+            "data.valid_unseen=false",  # valid repeats training triples
             "model.k=4",
             "model.attention_heads=4",
             "model.embedded.hidden_size=64",

@@ -21,6 +21,7 @@ def test_data_stats_counts_and_truncation(tiny_kg: Path, capsys: pytest.CaptureF
     main(["data", "stats", str(tiny_kg), "model.k=2", "model.embedded.vocab_size=320"])
     rows = stats_rows(capsys.readouterr().out)
     assert (rows["entities"], rows["relations"], rows["train"]) == ("51", "3", "144")
+    assert rows["valid triples also in train"] == "40 (100%)"
     truncated = int(rows["names truncated at K=2"].split()[0])
     assert 0 < truncated <= 51  # three-syllable names need more than two tokens of a 320-token BPE
 
@@ -79,8 +80,10 @@ def test_report_of_a_folder_that_is_not_a_study(tmp_path: Path, capsys: pytest.C
     assert "not a study folder" in capsys.readouterr().err
 
 
-def test_data_baseline_prints_both_directions(tiny_kg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_data_baseline_prints_both_baselines_and_directions(tiny_kg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["data", "baseline", str(tiny_kg)])
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["all", "tail", "head"]
-    assert all(0 < float(line.split()[2]) <= 1 for line in lines)  # MRR
+    assert lines[0].startswith("relation frequency") and lines[4].startswith("relation token prior")
+    for block in (lines[1:4], lines[5:8]):
+        assert [line.split()[0] for line in block] == ["all", "tail", "head"]
+        assert all(0 < float(line.split()[2]) <= 1 for line in block)  # MRR

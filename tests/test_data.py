@@ -61,6 +61,16 @@ def test_slice(db15k: KnowledgeGraph) -> None:
         db15k.slice(0)
 
 
+def test_unseen_drops_training_triples_against_a_naive_check(db15k: KnowledgeGraph) -> None:
+    train = {tuple(t) for t in db15k.train.tolist()}
+    for split in ("valid", "test"):
+        triples = getattr(db15k, split)
+        expected = np.array([t for t in triples.tolist() if tuple(t) not in train]).reshape(-1, 3)
+        np.testing.assert_array_equal(db15k.unseen(split), expected)
+    assert len(db15k.unseen("valid")) == 1185  # 88% of DB15K's valid triples are training triples
+    assert len(db15k.unseen("test")) == len(db15k.test)
+
+
 @pytest.mark.parametrize(
     ("raw", "name"),
     [

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from kon_ray.data.queries import Queries
+from kon_ray.baseline import baseline_metrics, relation_frequency, relation_token_prior
+from kon_ray.data.kg import KnowledgeGraph
+from kon_ray.data.queries import HEAD, TAIL, Queries
 from kon_ray.evaluation import (
     filtered_ranks,
     metrics_from_table,
@@ -202,20 +204,37 @@ def test_write_rank_table_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["test.parquet"]
 
 
-def test_relation_frequency_baseline_hand_worked() -> None:
-    """Counts per (direction, relation) in train, filtered realistic ranks over both directions."""
-    from kon_ray.baseline import relation_frequency_metrics
-    from kon_ray.data.kg import KnowledgeGraph
-
+def _hand_kg() -> KnowledgeGraph:
     def triples(rows: list[tuple[int, int, int]]) -> np.ndarray:
         return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
-    kg = KnowledgeGraph(
+    return KnowledgeGraph(
         "hand", ("a", "b", "c", "d"), ("r",), train=triples([(0, 0, 1), (2, 0, 1), (3, 0, 2)]),
         valid=triples([]), test=triples([(3, 0, 1), (1, 0, 0)]), digest="",
     )  # fmt: skip
-    metrics = relation_frequency_metrics(kg, chunk=1)
+
+
+def test_relation_frequency_baseline_hand_worked() -> None:
+    """Counts per (direction, relation) in train, filtered realistic ranks over both directions."""
+    metrics = baseline_metrics(_hand_kg(), relation_frequency(_hand_kg()), chunk=1)
     # (3, r, ?) -> 1: b answers r twice, c (known) filtered: rank 1. (1, r, ?) -> 0: b, c better, d tied: 3.5.
     assert metrics["tail.mrr"] == pytest.approx((1 + 1 / 3.5) / 2)
     # (?, r, 1) -> 3: a, c filtered, b never a head: rank 1. (?, r, 0) -> 1: a, c, d better: 4.
     assert metrics["head.mrr"] == pytest.approx((1 + 1 / 4) / 2)
+
+
+def test_relation_token_prior_hand_worked() -> None:
+    """Step k's distribution is the share of the relation's training answers with token t at k;
+    an entity scores the mean of its real tokens' shares (eq. 11, uniform weights)."""
+    # Entity names as tokens (K=2, 0 padding): a = [1, 2], b = [1, 3], c = [4, -], d = [4, 2].
+    tokens = torch.tensor([[1, 2], [1, 3], [4, 0], [4, 2]])
+    mask = torch.tensor([[True, True], [True, True], [True, False], [True, True]])
+    score = relation_token_prior(_hand_kg(), tokens, mask)
+    # Tail answers of r in train: b, b, c. Step 1: token 1 2/3, token 4 1/3. Step 2: token 3 2/2.
+    one = {name: np.array([0]) for name in ("anchor", "relation", "target")}
+    tail = score(Queries(**one, direction=np.array([TAIL])))
+    expected = [(2 / 3 + 0) / 2, (2 / 3 + 1) / 2, 1 / 3, (1 / 3 + 0) / 2]
+    np.testing.assert_allclose(tail[0].numpy(), expected, rtol=1e-6)
+    # Head answers of r in train: a, c, d. Step 1: token 1 1/3, token 4 2/3. Step 2: token 2 2/2.
+    head = score(Queries(**one, direction=np.array([HEAD])))
+    np.testing.assert_allclose(head[0].numpy(), [(1 / 3 + 1) / 2, 1 / 3 / 2, 2 / 3, (2 / 3 + 1) / 2], rtol=1e-6)

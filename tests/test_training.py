@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kon_ray.config import ConfigError
-from kon_ray.data import Queries, both_directions
+from kon_ray.data import Queries, both_directions, sample_negatives
 from kon_ray.evaluation import QUERY_COLUMNS, rank_queries
-from kon_ray.training import evaluate, run, setup
+from kon_ray.training import compute_losses, evaluate, run, setup
 from tests.conftest import tiny_config
 
 
@@ -79,6 +82,46 @@ def test_entity_contrastive_loss_matters(tiny_kg: Path, tmp_path: Path) -> None:
 
     assert mean(without_nce, "test.mrr") < mean(full, "test.mrr") - 0.05
     assert mean(without_nce, "test.head.mrr") < mean(full, "test.head.mrr") - 0.1  # head queries have many answers
+
+
+def test_htt_losses_on_real_steps_equal_the_masked_padded_form(tiny_kg: Path) -> None:
+    """Eq. 13-14 computed at the targets' real steps only equal sum_k over all K steps with the
+    padding steps masked, averaged over queries."""
+    s = setup(tiny_config(tiny_kg))
+    s.model.eval()  # no dropout: both forms see the same forward pass
+    chunk = both_directions(s.kg.train).take(np.arange(16))
+    negatives = sample_negatives(s.train_index, chunk, 16, torch.Generator().manual_seed(0))
+    got = compute_losses(s, chunk, negatives)
+    batch = s.encoded.batch(chunk, with_targets=True)
+    mask = batch.target_mask
+    assert (~mask).any()  # some targets are shorter than K
+    h = s.model.hidden(batch)
+    rows = torch.arange(len(h))
+    log_kon = F.log_softmax(s.model.kon(h[rows, batch.last], s.model.output_weight), -1)
+    positions = (batch.last[:, None] + torch.arange(mask.shape[1])).clamp(max=h.shape[1] - 1)
+    log_llm = F.log_softmax(s.model._head(h[rows[:, None], positions]), -1)
+    floor = torch.tensor(math.log(s.config.loss.floor))
+    target = log_llm.gather(-1, batch.target_tokens[..., None])[..., 0]
+    sft = -torch.logaddexp(target, floor) + torch.logaddexp(log_llm, floor).mean(-1)  # eq. 13
+    kl = (log_kon.exp() * (log_kon - log_llm)).sum(-1)  # eq. 14
+    assert got["sft"].item() == pytest.approx((sft * mask).sum(-1).mean().item(), rel=1e-5)
+    assert got["tdt"].item() == pytest.approx((kl * mask).sum(-1).mean().item(), rel=1e-5)
+
+
+def test_validation_on_training_triples_is_refused_unless_asked(tiny_kg: Path) -> None:
+    with pytest.raises(ConfigError, match="every valid triple of tiny is a training triple"):
+        setup(tiny_config(tiny_kg, "data.valid_unseen=true"))
+
+
+def test_validation_uses_only_unseen_valid_triples(tiny_kg: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(tiny_kg, tmp_path / "kg")
+    head, _, tail = (folder / "train.tsv").read_text().splitlines()[0].split("\t")
+    with (folder / "valid.tsv").open("a") as f:
+        f.write(f"{tail}\tfriendOf\t{head}\n{tail}\tlivesIn\t{head}\n")  # two triples not in train
+    s = setup(tiny_config(folder, "data.valid_unseen=true"))
+    assert evaluate(s, "valid", None)[0]["queries"] == 2 * 2  # both directions
+    s = setup(tiny_config(folder))
+    assert evaluate(s, "valid", None)[0]["queries"] == 2 * (40 + 2)
 
 
 def test_same_seed_same_result(tiny_kg: Path, tmp_path: Path) -> None:

@@ -58,6 +58,14 @@ class KnowledgeGraph:
     def num_relations(self) -> int:
         return len(self.relation_names)
 
+    def unseen(self, split: str) -> np.ndarray:
+        """The triples of ``split`` that are not training triples, in the split's order."""
+        def keys(triples: np.ndarray) -> np.ndarray:
+            return (triples[:, 0] * self.num_relations + triples[:, 1]) * self.num_entities + triples[:, 2]
+
+        triples = getattr(self, split)
+        return triples[~np.isin(keys(triples), keys(self.train))]
+
     def slice(self, train_limit: int | None) -> KnowledgeGraph:
         """The first ``train_limit`` training triples (all when None); valid and test unchanged.
 

@@ -100,6 +100,10 @@ class EncodedKG:
         """Token counts of the prompts at ``rows`` (from ``prompt_rows``)."""
         return self.prompt_offsets[rows + 1] - self.prompt_offsets[rows]
 
+    def training_lengths(self, queries: Queries) -> np.ndarray:
+        """Token counts of each query's prompt followed by its target (its row in a training batch)."""
+        return self.prompt_lengths(self.prompt_rows(queries)) + self.entity_mask[queries.target].sum(1).numpy()
+
     def batch(self, queries: Queries, with_targets: bool) -> Batch:
         """Prompts of ``queries``; with targets, the target tokens are appended (teacher forcing, eq. 13)."""
         rows = self.prompt_rows(queries)
