@@ -68,7 +68,7 @@ def test_malformed_study_rejected_before_ray(tiny_kg: Path, tmp_path: Path, body
 
     path = write_study(tmp_path, "bad", body)
     with pytest.raises(ConfigError, match=message):
-        run_study(load_study(path), path, {"data.dataset": str(tiny_kg)}, tmp_path / "runs")
+        run_study(load_study(path), path, {"data.dataset": str(tiny_kg), "data.valid_unseen": "false"}, tmp_path / "runs")
     assert not ray.is_initialized()
 
 

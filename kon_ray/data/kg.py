@@ -60,6 +60,7 @@ class KnowledgeGraph:
 
     def unseen(self, split: str) -> np.ndarray:
         """The triples of ``split`` that are not training triples, in the split's order."""
+
         def keys(triples: np.ndarray) -> np.ndarray:
             return (triples[:, 0] * self.num_relations + triples[:, 1]) * self.num_entities + triples[:, 2]
 
