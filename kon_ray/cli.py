@@ -8,9 +8,16 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
 from kon_ray.data import KGFormatError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from kon_ray.data import KnowledgeGraph
+    from kon_ray.data.prompts import EncodedKG
 
 log = logging.getLogger("kon_ray")
 
@@ -37,16 +44,21 @@ def _train(args: argparse.Namespace) -> None:
     print(f"results: {out / 'metrics.json'}")
 
 
-def _data_stats(args: argparse.Namespace) -> None:
+def _encoded_kg(args: argparse.Namespace) -> tuple[RunConfig, KnowledgeGraph, PreTrainedTokenizerBase, EncodedKG]:
+    """The config, KG, tokenizer and tokenised KG that ``kon-ray data DATASET [overrides]`` names."""
     from kon_ray.backbone import load_tokenizer
     from kon_ray.data import load_kg
     from kon_ray.data.prompts import encode_kg
 
     config = apply_overrides(RunConfig(), [f"data.dataset={args.dataset}", *args.overrides])
     kg = load_kg(config.data.dataset)
-    k = config.model.k
     tokenizer = load_tokenizer(config.model, kg, config.data.prompt)
-    encoded = encode_kg(kg, tokenizer, config.data.prompt, k)
+    return config, kg, tokenizer, encode_kg(kg, tokenizer, config.data.prompt, config.model.k)
+
+
+def _data_stats(args: argparse.Namespace) -> None:
+    config, kg, tokenizer, encoded = _encoded_kg(args)
+    k = config.model.k
     lengths = encoded.name_lengths
     seen = len(kg.valid) - len(kg.unseen("valid"))
     rows = [
@@ -67,14 +79,9 @@ def _data_stats(args: argparse.Namespace) -> None:
 
 
 def _data_baseline(args: argparse.Namespace) -> None:
-    from kon_ray.backbone import load_tokenizer
     from kon_ray.baseline import baseline_metrics, relation_frequency, relation_token_prior
-    from kon_ray.data import load_kg
-    from kon_ray.data.prompts import encode_kg
 
-    config = apply_overrides(RunConfig(), [f"data.dataset={args.dataset}", *args.overrides])
-    kg = load_kg(config.data.dataset)
-    encoded = encode_kg(kg, load_tokenizer(config.model, kg, config.data.prompt), config.data.prompt, config.model.k)
+    config, kg, _, encoded = _encoded_kg(args)
     baselines = {
         "relation frequency (entity counts)": relation_frequency(kg),
         f"relation token prior (eq. 11, K={config.model.k})": relation_token_prior(
