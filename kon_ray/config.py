@@ -169,9 +169,10 @@ class LossConfig:
     """eq. 14: treat the backbone head's distribution as a fixed target, as the published code."""
     nce_weight: float = 1.0
     """Weight of L_nce; 0 is Table 3 'w/o L_nce'."""
-    sft_weight: float = 1.0
-    """Weight of L_sft (eq. 13); 0 is Table 3 'w/o L_sft'."""
-    tdt_weight: float = 1.0
+    sft_weight: float = 0.1
+    """Weight of L_sft (eq. 13); 0 is Table 3 'w/o L_sft'. The paper does not state the HTT
+    weights; 0.1 is the published code's weight of L_sft + L_tdt."""
+    tdt_weight: float = 0.1
     """Weight of L_tdt (eq. 14); 0 is Table 3 'w/o L_tdt'."""
 
     def __post_init__(self) -> None:

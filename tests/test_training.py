@@ -104,8 +104,9 @@ def test_htt_losses_on_real_steps_equal_the_masked_padded_form(tiny_kg: Path) ->
     target = log_llm.gather(-1, batch.target_tokens[..., None])[..., 0]
     sft = -torch.logaddexp(target, floor) + torch.logaddexp(log_llm, floor).mean(-1)  # eq. 13
     kl = (log_kon.exp() * (log_kon - log_llm)).sum(-1)  # eq. 14
-    assert got["sft"].item() == pytest.approx((sft * mask).sum(-1).mean().item(), rel=1e-5)
-    assert got["tdt"].item() == pytest.approx((kl * mask).sum(-1).mean().item(), rel=1e-5)
+    weights = s.config.loss
+    assert got["sft"].item() == pytest.approx(weights.sft_weight * (sft * mask).sum(-1).mean().item(), rel=1e-5)
+    assert got["tdt"].item() == pytest.approx(weights.tdt_weight * (kl * mask).sum(-1).mean().item(), rel=1e-5)
 
 
 def test_validation_on_training_triples_is_refused_unless_asked(tiny_kg: Path) -> None:
