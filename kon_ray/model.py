@@ -67,9 +67,8 @@ class ScoreLoRA(nn.Module):
         base = h @ output_weight.t()  # (B, K, V)
         down = self.down.expand(h.shape[1], -1, -1) if self.down.shape[0] == 1 else self.down
         up = self.up.expand(h.shape[1], -1, -1) if self.up.shape[0] == 1 else self.up
-        low = self.scale * torch.einsum("bkd,krd->bkr", self.dropout(h), down)
-        # base_k + low_k B_k^T as one batched product over the steps, in (K, B, V) layout
-        return torch.baddbmm(base.transpose(0, 1), low.transpose(0, 1), up.transpose(1, 2)).transpose(0, 1)
+        low = torch.einsum("bkd,krd->bkr", self.dropout(h), down)
+        return base + self.scale * torch.einsum("bkr,kvr->bkv", low, up)
 
 
 class KON(nn.Module):
