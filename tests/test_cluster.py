@@ -105,7 +105,7 @@ def test_a_study_spreads_its_trials_over_the_nodes(cluster: Any, tiny_kg: Path, 
     assert used <= {n.node_id for n in cluster.worker_nodes} and len(used) > 1  # never on the head
 
 
-def remove_a_busy_node(cluster: Any, folder: Path, trials: int) -> str:
+def remove_a_busy_node(cluster: Any, folder: Path, trials: int) -> None:
     """Once every trial has reported a validation, kill a worker node that runs one of them."""
     import ray._private.state
 
@@ -116,7 +116,7 @@ def remove_a_busy_node(cluster: Any, folder: Path, trials: int) -> str:
             busy = [n for n in cluster.worker_nodes if free.get(n.node_id, {}).get("CPU", 0.0) < 1]
             if busy:
                 cluster.remove_node(busy[0])
-                return busy[0].node_id
+                return
         time.sleep(0.2)
     raise AssertionError("no trial was training after every trial's first validation")
 
@@ -124,18 +124,18 @@ def remove_a_busy_node(cluster: Any, folder: Path, trials: int) -> str:
 @pytest.mark.slow
 def test_a_study_completes_after_losing_a_node(cluster: Any, tiny_kg: Path, tmp_path: Path) -> None:
     """2 trials on three 1-CPU nodes; the node of one is removed mid-training. That trial is retried
-    (the study's max_retries) on the spare node from its latest checkpoint, and both finish."""
+    (the study's max_retries) from its latest checkpoint, and both finish.
+
+    Which node the retried trial's result names is not checked: when the node goes after the
+    trial's final report but before Tune has it, the retry finds the finished run's checkpoint and
+    returns that first attempt's result, which names the lost node.
+    """
     from kon_ray.studies.tune import run_study
 
     study = Study(name="lost", base=tiny_base(tiny_kg), grid={"model.k": [2, 4]}, max_concurrent_trials=2, max_retries=1)
     with ThreadPoolExecutor(1) as pool:
         removed = pool.submit(remove_a_busy_node, cluster, tmp_path / "lost", 2)
         table = run_study(study, "lost.py", {"train.max_steps": 8}, storage=tmp_path, address=cluster.address)
-        lost = removed.result()
+        removed.result()  # raises if no busy node was found to remove
     assert len(table) == 2 and (table["status"] == "TERMINATED").all() and table["test.mrr"].notna().all()
     assert sorted(table["failures"]) == [0, 1]  # the trial on the lost node, retried once
-    (retried,) = table.loc[table["failures"] == 1, "trial_id"]
-    # The retried trial finished on the other nodes. (The other trial may have run on the lost node:
-    # a trial's driver and its worker can sit on different nodes, so the node removed can be the
-    # one that held the failed trial's driver next to a finished trial's worker.)
-    assert lost not in trial_nodes(tmp_path / "lost")[retried]
