@@ -3,8 +3,8 @@
 Relation frequency: entity e's score for a query (direction d, relation r) is the number of
 training triples in which e answers (d, r), plus a tie-breaker below 1: how often e answers
 direction d at all. Relation token prior: the same counts per token and step, scored through
-eq. 11 (the sum of step probabilities, uniform weights), i.e. the best K-ON can do with step
-distributions that know only the relation. Scored with the same filtered ranking as K-ON, they
+eq. 11 (the sum of step probabilities, uniform weights): a K-ON whose step distributions are
+the relation's own token shares. Scored with the same filtered ranking as K-ON, they
 tell how much of an MRR comes from learning which entities a relation tends to point at, rather
 than from the query's own entity.
 """
