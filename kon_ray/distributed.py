@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 RESULT_FILES = ("metrics.json", "ranks.parquet")
 # A local Ray and its workers' gloo groups on loopback only.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo"}
+# Every worker process of a Ray on this machine's loopback runs ``setup_local_worker`` first.
+LOCAL_RUNTIME_ENV = {"worker_process_setup_hook": "kon_ray.distributed.setup_local_worker"}
 # What `ray up` leaves on the head node: cluster.yaml as its autoscaler runs it.
 AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
@@ -46,18 +48,51 @@ def start_ray(address: str | None, **local: Any) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        setup = {"worker_process_setup_hook": "kon_ray.distributed.quiet_without_state_api"}
-        ray.init(_node_ip_address="127.0.0.1", runtime_env=setup, **local)
+        ray.init(_node_ip_address="127.0.0.1", runtime_env=LOCAL_RUNTIME_ENV, **local)
+    elif address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):  # e.g. a ray.cluster_utils.Cluster
+        ray.init(address=address, runtime_env=LOCAL_RUNTIME_ENV)
     else:
         ray.init(address=address)
 
 
+def setup_local_worker() -> None:
+    """Run in each worker process of a Ray on this machine's loopback."""
+    quiet_without_state_api()
+    store_on_master_addr()
+
+
 def quiet_without_state_api() -> None:
-    """Run in each local Ray worker. Without ``ray[default]`` there is no State API, and Ray
-    Train's placement-group cleaner would warn once a second that it cannot reach it."""
+    """Without ``ray[default]`` there is no State API, and Ray Train's placement-group cleaner
+    would warn once a second that it cannot reach it."""
     if importlib.util.find_spec("aiohttp") is None:  # ray[default]'s dashboard needs it
         name = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
         logging.getLogger(name).addFilter(lambda record: "Failed to query" not in record.getMessage())
+
+
+def store_on_master_addr() -> None:
+    """Rank 0's torch rendezvous store listens on MASTER_ADDR (127.0.0.1 here) only.
+
+    torch's TCPStore server listens on every interface whatever address its clients are
+    given, so a local Ray Train run would open a port on the network.
+    """
+    import socket
+
+    from torch.distributed import TCPStore
+
+    # The module: ``torch.distributed.rendezvous`` as an attribute is a function of that name.
+    rendezvous = importlib.import_module("torch.distributed.rendezvous")
+    create = rendezvous._create_c10d_store
+
+    def create_store(hostname: str, port: int, rank: int, world_size: int, timeout: Any, use_libuv: bool = True) -> Any:
+        if rank != 0 or rendezvous._torchelastic_use_agent_store():
+            return create(hostname, port, rank, world_size, timeout, use_libuv)
+        server = socket.create_server((hostname, port))
+        return TCPStore(
+            hostname, port, world_size, True, timeout,
+            multi_tenant=True, master_listen_fd=server.detach(), use_libuv=use_libuv,
+        )
+
+    rendezvous._create_c10d_store = create_store
 
 
 def cluster_nodes(autoscaler_config: Path = AUTOSCALER_CONFIG) -> list[dict[str, float]]:

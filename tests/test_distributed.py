@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,40 @@ def test_crashed_run_resumes_to_the_same_result(local_ray: None, tiny_kg: Path, 
     assert resumed["steps"] == whole["steps"]
     assert losses(resumed) == pytest.approx(losses(whole), rel=1e-4)
     assert resumed["test.mrr"] == pytest.approx(whole["test.mrr"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_local_workers_listen_on_loopback_only(local_ray: None, tmp_path: Path) -> None:
+    """A local Ray Train worker, its process group (torch's rendezvous store) set up, opens no port
+    on the network: every TCP socket it listens on is bound to a loopback address."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    def write_listening(config: dict) -> None:
+        import ipaddress
+        import os
+
+        sockets = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                sockets.add(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                continue  # closed meanwhile
+        listening = []
+        for table in ("tcp", "tcp6"):
+            for line in Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and f"socket:[{cols[9]}]" in sockets:  # 0A: LISTEN
+                    raw = bytes.fromhex(cols[1].split(":")[0])  # 32-bit words in host (little-endian) order
+                    listening.append(str(ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))))
+        Path(config["out"]).write_text(",".join(listening))
+
+    out = tmp_path / "listening"
+    run = ray.train.RunConfig(name="listen", storage_path=str(tmp_path))
+    TorchTrainer(write_listening, train_loop_config={"out": str(out)}, run_config=run).fit()
+    addresses = [ipaddress.ip_address(a) for a in out.read_text().split(",")]
+    assert addresses  # the rendezvous store at least
+    assert all((getattr(a, "ipv4_mapped", None) or a).is_loopback for a in addresses), addresses
 
 
 def test_relaunch_with_other_settings_is_refused(tiny_kg: Path, tmp_path: Path) -> None:

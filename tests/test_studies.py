@@ -143,7 +143,9 @@ def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(tiny_kg: Path
 def local_ray() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=2, resources={"trial_slot": 2}, _node_ip_address="127.0.0.1", include_dashboard=False)
+    from kon_ray.distributed import start_ray
+
+    start_ray(None, num_cpus=2, resources={"trial_slot": 2}, include_dashboard=False)
     yield
     ray.shutdown()
 
