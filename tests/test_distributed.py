@@ -86,7 +86,8 @@ def test_local_workers_listen_on_loopback_only(local_ray: None, tmp_path: Path) 
                 cols = line.split()
                 if cols[3] == "0A" and f"socket:[{cols[9]}]" in sockets:  # 0A: LISTEN
                     raw = bytes.fromhex(cols[1].split(":")[0])  # 32-bit words in host (little-endian) order
-                    listening.append(str(ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))))
+                    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                    listening.append(str(ipaddress.ip_address(packed)))
         Path(config["out"]).write_text(",".join(listening))
 
     out = tmp_path / "listening"
