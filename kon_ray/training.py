@@ -299,7 +299,8 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
 
     Each optimiser step takes the next ``global_batch`` rows of a seeded permutation, orders them
     by token count and splits them into ``grad_accum x workers`` micro-batches; rank r takes
-    micro-batches r, r + workers, ... so that any number of workers sees the same data, negatives and dropout for a given seed.
+    micro-batches r, r + workers, ... so that any number of workers sees the same data,
+    negatives and dropout for a given seed.
     ``on_eval`` runs on every rank after each validation (checkpoint, report).
     """
     cfg = s.config.train
