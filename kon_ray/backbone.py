@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -17,10 +20,30 @@ from kon_ray.data.tokenizer import kg_tokenizer
 log = logging.getLogger(__name__)
 
 
-def resolve_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
-    if config.dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, config.dtype)
+@dataclass(frozen=True)
+class Precision:
+    """The weights' dtype, and whether training's forward runs under bfloat16 autocast."""
+
+    weights: torch.dtype
+    autocast: bool
+
+    def training(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """The context of a training forward; ranking always runs at the weights' precision."""
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+
+def native_cpu_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 matmuls natively (AVX512-BF16 or AMX)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(config: ModelConfig, device: torch.device) -> Precision:
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" else "mixed" if native_cpu_bfloat16() else "float32"
+    if dtype == "mixed":
+        return Precision(torch.float32, autocast=True)
+    return Precision(getattr(torch, dtype), autocast=False)
 
 
 def load_tokenizer(config: ModelConfig, kg: KnowledgeGraph, template: str) -> PreTrainedTokenizerBase:
@@ -37,7 +60,7 @@ def load_backbone(
     config: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device, seed: int
 ) -> PreTrainedModel:
     """The causal LM, its LoRA adapters (or all weights) trainable per ``config.tuning``."""
-    dtype = resolve_dtype(config, device)
+    dtype = resolve_precision(config, device).weights
     if config.backbone == EMBEDDED:
         e = config.embedded
         llama = LlamaConfig(
@@ -52,6 +75,9 @@ def load_backbone(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             tie_word_embeddings=False,
+            # Eager attention: at these sizes faster than SDPA on a CPU, and SDPA's CPU kernel is
+            # slow in bfloat16 (5x in the mixed-precision step).
+            attn_implementation="eager",
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -98,8 +98,10 @@ class ModelConfig:
     backbone_tuning: Literal["auto", "lora", "full"] = "auto"
     """'lora' as the paper does; 'full' trains every weight; 'auto': LoRA for a pretrained
     backbone, full for the randomly initialised embedded one (LoRA on random weights learns little)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """'auto': bfloat16 on CUDA, float32 on CPU."""
+    dtype: Literal["auto", "float32", "bfloat16", "mixed"] = "auto"
+    """'bfloat16': bfloat16 weights (DeepSpeed bf16); 'mixed': float32 weights, training's forward
+    under bfloat16 autocast. 'auto': bfloat16 on CUDA; mixed on a CPU with native bfloat16
+    (AVX512-BF16 or AMX), where its matmuls run 2.5x faster; float32 on other CPUs."""
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -200,13 +202,14 @@ class TrainConfig:
     warmup_steps: int = 50
     schedule: Literal["linear", "constant"] = "linear"
     """After warm-up: 'linear' decays to 0 at the end of the step or time budget."""
-    micro_batch: int = 48
+    micro_batch: int = 96
     """Queries per device per forward pass; derived when batch_size is set. The paper's
     12 per device x 8 accumulation is a GPU-memory setting (studies/paper.py uses it); on a CPU
-    48 x 2 keeps the same 96 queries per step per worker at 2.3x the throughput."""
+    larger micro-batches run faster: 48 x 2 took 12 x 8's 96 queries 2.3x as fast, 96 x 1 6-8%
+    faster still."""
     batch_size: int | None = None
     """Global queries per optimiser step; when set, micro_batch = batch_size / (workers x grad_accum)."""
-    grad_accum: int = 2
+    grad_accum: int = 1
     """Micro-batches per optimiser step and worker (the paper: 8)."""
     grad_clip: float = 1.0
     weight_decay: float = 0.0

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from kon_ray import checkpoint, losses
-from kon_ray.backbone import load_backbone, load_tokenizer, resolve_dtype
+from kon_ray.backbone import Precision, load_backbone, load_tokenizer, resolve_precision
 from kon_ray.checkpoint import LoopState, load_trainable, trainable_state
 from kon_ray.config import ConfigError, RunConfig
 from kon_ray.data import AnswerIndex, KnowledgeGraph, Queries, both_directions, load_kg, sample_negatives
@@ -76,6 +76,7 @@ class Setup:
     train_index: AnswerIndex
     filter_index: AnswerIndex
     device: torch.device
+    precision: Precision
     entity_tokens: torch.Tensor = field(init=False)
     entity_mask: torch.Tensor = field(init=False)
 
@@ -128,6 +129,7 @@ def setup(config: RunConfig, device: torch.device | None = None) -> Setup:
         train_index=AnswerIndex.build([kg.train], kg.num_entities, kg.num_relations),
         filter_index=AnswerIndex.build([kg.train, kg.valid, kg.test], kg.num_entities, kg.num_relations),
         device=device,
+        precision=resolve_precision(config.model, device),
     )
 
 
@@ -140,26 +142,28 @@ def compute_losses(s: Setup, queries: Queries, negatives: torch.Tensor) -> dict[
     cfg = s.config.loss
     model = s.model
     batch = s.encoded.batch(queries, with_targets=True).to(s.device)
-    h = model.hidden(batch)
-    rows = torch.arange(len(h), device=h.device)
-    h0 = h[rows, batch.last]
-    kon_logits = model.kon(h0, model.output_weight)  # eq. 3-7
     out: dict[str, torch.Tensor] = {}
-    if cfg.nce_weight > 0:
-        candidates = torch.cat([torch.as_tensor(queries.target, device=s.device)[:, None], negatives], dim=1)
-        step_scores = model.kon.step_log_probs(kon_logits)
-        scores = model.kon.entity_scores(step_scores, s.entity_tokens[candidates], s.entity_mask[candidates])
-        probability = s.config.model.score_space == "probability"
-        out["nce"] = cfg.nce_weight * losses.contrastive(scores[:, 0], scores[:, 1:], cfg, probability)
-    if cfg.sft_weight > 0 or cfg.tdt_weight > 0:
-        # The backbone head, teacher-forced at the target's real steps only: position last + k
-        # predicts the target's token k.
-        query, step = batch.target_mask.nonzero(as_tuple=True)
-        llm_logits = model._head(h[query, batch.last[query] + step])  # (n, V)
-        if cfg.sft_weight > 0:
-            out["sft"] = cfg.sft_weight * losses.sft(llm_logits, batch.target_tokens[query, step], len(h), cfg)
-        if cfg.tdt_weight > 0:
-            out["tdt"] = cfg.tdt_weight * losses.tdt(kon_logits[query, step], llm_logits, len(h), cfg.kl_detach_target)
+    with s.precision.training(s.device):
+        h = model.hidden(batch)
+        rows = torch.arange(len(h), device=h.device)
+        h0 = h[rows, batch.last]
+        kon_logits = model.kon(h0, model.output_weight)  # eq. 3-7
+        if cfg.nce_weight > 0:
+            candidates = torch.cat([torch.as_tensor(queries.target, device=s.device)[:, None], negatives], dim=1)
+            step_scores = model.kon.step_log_probs(kon_logits)
+            scores = model.kon.entity_scores(step_scores, s.entity_tokens[candidates], s.entity_mask[candidates])
+            probability = s.config.model.score_space == "probability"
+            out["nce"] = cfg.nce_weight * losses.contrastive(scores[:, 0], scores[:, 1:], cfg, probability)
+        if cfg.sft_weight > 0 or cfg.tdt_weight > 0:
+            # The backbone head, teacher-forced at the target's real steps only: position last + k
+            # predicts the target's token k.
+            query, step = batch.target_mask.nonzero(as_tuple=True)
+            llm_logits = model._head(h[query, batch.last[query] + step])  # (n, V)
+            if cfg.sft_weight > 0:
+                out["sft"] = cfg.sft_weight * losses.sft(llm_logits, batch.target_tokens[query, step], len(h), cfg)
+            if cfg.tdt_weight > 0:
+                kon_steps = kon_logits[query, step]
+                out["tdt"] = cfg.tdt_weight * losses.tdt(kon_steps, llm_logits, len(h), cfg.kl_detach_target)
     out["loss"] = sum(out.values())
     return out
 
@@ -279,12 +283,11 @@ def make_engine(s: Setup) -> tuple[Any, Schedule]:
     params = [p for p in s.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.config.learning_rate, weight_decay=t.weight_decay)
     schedule = Schedule(t.warmup_steps, t.schedule == "linear")
-    bf16 = resolve_dtype(s.config.model, s.device) == torch.bfloat16
     engine, _, _, _ = deepspeed.initialize(
         model=s.model,
         optimizer=optimizer,
         lr_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-        config=deepspeed_config(s.config, bf16),
+        config=deepspeed_config(s.config, s.precision.weights == torch.bfloat16),
     )
     return engine, schedule
 

@@ -21,6 +21,12 @@ from kon_ray.training import Setup, setup
 from tests.conftest import tiny_config
 
 
+def tiny_overrides(tiny_kg: Path) -> list[str]:
+    """``tiny_config`` as the dotted overrides a benchmark takes on its command line."""
+    config = tiny_config(tiny_kg).to_dict()
+    return [f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in flatten(config) if v is not None]
+
+
 def teacher_forced(s: Setup, query: Queries) -> torch.Tensor:
     """Naive reference: log p(name | prompt) of every entity, one full sequence per entity."""
     every = np.arange(s.kg.num_entities)
@@ -79,10 +85,19 @@ def test_bench_sampling_writes_a_record(tiny_kg: Path, tmp_path: Path, capsys: p
 
 
 def test_bench_scoring_runs_on_a_tiny_model(tiny_kg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tiny_config(tiny_kg).to_dict()
-    overrides = [f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in flatten(config) if v is not None]
+    overrides = tiny_overrides(tiny_kg)
     main(["bench", "scoring", "queries=2", "entities=20", "repeats=1", *overrides, "--out", str(tmp_path), "--device", "cpu"])
     assert "(extrapolated)" in capsys.readouterr().out
     record = json.loads((tmp_path / "scoring.json").read_text())
     assert record["figures"]["autoregressive_entities"] == 20 and record["figures"]["extrapolated"]
     assert record["checks"][0]["name"] == "K-ON speed-up over autoregressive"
+
+
+def test_bench_precision_times_both_sides(tiny_kg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = tiny_overrides(tiny_kg)
+    main(["bench", "precision", "steps=1", "warmup=0", *overrides, "--out", str(tmp_path), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "float32: " in out and "mixed: " in out and "ratio: step(mixed) / step(float32)" in out
+    record = json.loads((tmp_path / "precision.json").read_text())
+    assert set(record["figures"]["step_s"]) == {"float32", "mixed"} and record["ratio"] > 0
+    assert record["config"]["model"]["dtype"] == "auto"  # each side overrides it

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from kon_ray.backbone import resolve_dtype
 from kon_ray.bench.common import (
     Check,
     Report,
@@ -51,7 +50,7 @@ def sft_engine(s: Setup) -> Any:
 
     params = [p for p in s.model.backbone.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.config.learning_rate, weight_decay=s.config.train.weight_decay)
-    bf16 = resolve_dtype(s.config.model, s.device) == torch.bfloat16
+    bf16 = s.precision.weights == torch.bfloat16
     engine, _, _, _ = deepspeed.initialize(model=s.model.backbone, optimizer=optimizer, config=deepspeed_config(s.config, bf16))
     return engine
 
@@ -66,7 +65,8 @@ def sft_step(s: Setup, engine: Any, queries: Queries) -> float:
         positions = torch.arange(batch.input_ids.shape[1], device=s.device)
         answer = (positions[None, :] > batch.last[:, None]) & batch.attention_mask.bool()
         labels = torch.where(answer, batch.input_ids, -100)
-        out = engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels)
+        with s.precision.training(s.device):
+            out = engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels)
         engine.backward(out.loss)
         engine.step()
         loss += out.loss.item()
