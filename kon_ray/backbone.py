@@ -27,6 +27,9 @@ class Precision:
     weights: torch.dtype
     autocast: bool
 
+    def __str__(self) -> str:
+        return "mixed" if self.autocast else str(self.weights).removeprefix("torch.")
+
     def training(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
         """The context of a training forward; ranking always runs at the weights' precision."""
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast)
@@ -57,10 +60,9 @@ def load_tokenizer(config: ModelConfig, kg: KnowledgeGraph, template: str) -> Pr
 
 
 def load_backbone(
-    config: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device, seed: int
+    config: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device, dtype: torch.dtype, seed: int
 ) -> PreTrainedModel:
-    """The causal LM, its LoRA adapters (or all weights) trainable per ``config.tuning``."""
-    dtype = resolve_precision(config, device).weights
+    """The causal LM with ``dtype`` weights, its LoRA adapters (or all weights) trainable per ``config.tuning``."""
     if config.backbone == EMBEDDED:
         e = config.embedded
         llama = LlamaConfig(
@@ -94,5 +96,5 @@ def load_backbone(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-    log.info("backbone %s (%s, %s tuning)", config.backbone, dtype, config.tuning)
+    log.info("backbone %s (%s weights, %s tuning)", config.backbone, dtype, config.tuning)
     return model

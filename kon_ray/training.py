@@ -117,7 +117,9 @@ def setup(config: RunConfig, device: torch.device | None = None) -> Setup:
     torch.manual_seed(config.train.seed)
     tokenizer = load_tokenizer(config.model, kg, config.data.prompt)
     encoded = encode_kg(kg, tokenizer, config.data.prompt, config.model.k)
-    backbone = load_backbone(config.model, tokenizer, device, config.train.seed)
+    precision = resolve_precision(config.model, device)
+    log.info("precision %s", precision)
+    backbone = load_backbone(config.model, tokenizer, device, precision.weights, config.train.seed)
     dim = backbone.get_output_embeddings().weight.shape[1]
     vocab = backbone.get_output_embeddings().weight.shape[0]
     kon = KON(config.model, dim, vocab).to(device)
@@ -129,7 +131,7 @@ def setup(config: RunConfig, device: torch.device | None = None) -> Setup:
         train_index=AnswerIndex.build([kg.train], kg.num_entities, kg.num_relations),
         filter_index=AnswerIndex.build([kg.train, kg.valid, kg.test], kg.num_entities, kg.num_relations),
         device=device,
-        precision=resolve_precision(config.model, device),
+        precision=precision,
     )
 
 
@@ -402,6 +404,7 @@ def train_and_test(
         "data_hash": s.kg.digest,
         "dataset": s.kg.name,
         "device": str(s.device),
+        "precision": str(s.precision),
         **provenance(),
     }
     return metrics, table

@@ -22,6 +22,7 @@ def test_precision_per_setting_and_device() -> None:
     assert resolve_precision(ModelConfig(dtype="mixed"), cpu) == Precision(torch.float32, autocast=True)
     assert resolve_precision(ModelConfig(), cuda) == Precision(torch.bfloat16, autocast=False)
     assert resolve_precision(ModelConfig(), cpu) == Precision(torch.float32, autocast=native_cpu_bfloat16())
+    assert [str(Precision(torch.float32, a)) for a in (True, False)] == ["mixed", "float32"]
 
 
 def test_mixed_precision_trains_in_bfloat16_and_ranks_in_float32(tiny_kg: Path) -> None:

@@ -53,7 +53,7 @@ def test_training_learns_and_writes_results(tiny_kg: Path, tmp_path: Path) -> No
     assert full["test.mrr"] > untrained["mrr"] + 0.3
     written = json.loads((tmp_path / "full" / "metrics.json").read_text())
     for key in ("test.mrr", "test.hits@1", "test.hits@3", "test.hits@10", "valid.mrr", "trainable_params",
-                "step_time_s", "train_time_s", "config", "data_hash", "git"):
+                "step_time_s", "train_time_s", "config", "data_hash", "git", "precision"):
         assert key in written
     assert written["config"]["model"]["k"] == 4
     ranks = pd.read_parquet(tmp_path / "full" / "ranks.parquet")
