@@ -202,11 +202,11 @@ class TrainConfig:
     warmup_steps: int = 50
     schedule: Literal["linear", "constant"] = "linear"
     """After warm-up: 'linear' decays to 0 at the end of the step or time budget."""
-    micro_batch: int = 96
+    micro_batch: int = 192
     """Queries per device per forward pass; derived when batch_size is set. The paper's
     12 per device x 8 accumulation is a GPU-memory setting (studies/paper.py uses it); on a CPU
     larger micro-batches run faster: 48 x 2 took 12 x 8's 96 queries 2.3x as fast, 96 x 1 6-8%
-    faster still."""
+    faster still, and 192 x 1 7-11% less time per query than 96 x 1 in mixed precision."""
     batch_size: int | None = None
     """Global queries per optimiser step; when set, micro_batch = batch_size / (workers x grad_accum)."""
     grad_accum: int = 1

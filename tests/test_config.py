@@ -12,7 +12,7 @@ def test_defaults_are_the_papers() -> None:
     assert (c.model.k, c.loss.negatives) == (8, 128)
     assert apply_overrides(c, ['model.backbone=some/llm']).learning_rate == 1e-4  # the paper's
     assert c.learning_rate == 1e-3  # the embedded backbone starts from random weights
-    assert (c.train.global_batch, c.train.epochs, c.train.warmup_steps) == (96, 5.0, 50)
+    assert (c.train.global_batch, c.train.epochs, c.train.warmup_steps) == (192, 5.0, 50)
     assert (c.model.joint, c.model.joint_weights, c.model.score_space, c.model.residual) == (
         "sum",
         "learnable",

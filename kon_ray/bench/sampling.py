@@ -26,8 +26,9 @@ Sampler = Callable[[Queries, int], torch.Tensor]
 
 @dataclass(frozen=True)
 class Settings:
-    queries: int = 96
-    """Training queries in the batch (a seeded draw of both directions of the train split)."""
+    queries: int = 192
+    """Training queries in the batch, the default's (a seeded draw of both directions of the train
+    split)."""
     repeats: int = 20
     """Timed rounds, each drawing once with both samplers (after one warm-up round); medians reported."""
 
