@@ -62,7 +62,8 @@ def load_tokenizer(config: ModelConfig, kg: KnowledgeGraph, template: str) -> Pr
 def load_backbone(
     config: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device, dtype: torch.dtype, seed: int
 ) -> PreTrainedModel:
-    """The causal LM with ``dtype`` weights, its LoRA adapters (or all weights) trainable per ``config.tuning``."""
+    """The causal LM with ``dtype`` weights, its LoRA adapters (or all weights) trainable per
+    ``config.tuning``."""
     if config.backbone == EMBEDDED:
         e = config.embedded
         llama = LlamaConfig(

@@ -7,6 +7,7 @@ with native support (AVX512-BF16 or AMX), which is when ``model.dtype=auto`` pic
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +49,7 @@ def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
     queries = train_batch(base, config.train.seed)
     native = device.type == "cuda" or native_cpu_bfloat16()
     setup = announce({**describe(base), **describe_step(base), "native bfloat16": native, **hardware(device)})
-    counter = iter(range(10**9))
+    counter = itertools.count()
 
     def step(dtype: str) -> float:
         return train_step(sides[dtype], engines[dtype], queries, config.loss.negatives, next(counter))
