@@ -3,8 +3,8 @@
 Vectorised with the rank-shift trick. With a row's excluded entities sorted,
 ``a_0 < a_1 < ...``, the u-th allowed entity is ``u + #{j : a_j - j <= u}``: one
 searchsorted for all rows at once, each row's shifted values offset by ``row * E``.
-Duplicate draws within a row are redrawn until none remain (a row's kept draws win over its
-redraws, and among equal redraws the first slot); rows asking for more than half their allowed
+Duplicate draws within a row are redrawn until none remain, each redraw checked against the
+row's kept draws (sorted ``row * width + rank`` keys, searched); rows asking for more than half their allowed
 entities draw a random permutation instead, where redrawing would converge slowly.
 Memory stays O(rows x |N| + the rows' known answers): nothing is rows x entities.
 
@@ -95,20 +95,31 @@ def _draw_ranks(allowed: np.ndarray, n: int, generator: torch.Generator) -> np.n
     """(rows, n) ranks per row, uniform in [0, allowed[row]): distinct where allowed[row] >= n."""
     ranks = _uniform(allowed, (len(allowed), n), generator)
     dense = np.flatnonzero(2 * n > allowed)
-    sparse = np.setdiff1d(np.arange(len(allowed)), dense)
-    fresh = np.zeros(ranks.shape, dtype=bool)  # slots redrawn since the last check
-    pending = sparse
-    while len(pending):  # each redraw is accepted with probability >= 1/2 on these rows
-        repeat = _repeats(ranks[pending], fresh[pending])
-        fresh[pending] = False
-        busy = repeat.any(1)
-        pending, repeat = pending[busy], repeat[busy]
-        rows, slots = np.nonzero(repeat)
-        ranks[pending[rows], slots] = _uniform(allowed[pending[rows]], (len(rows), 1), generator)[:, 0]
-        fresh[pending[rows], slots] = True
+    repeat = _repeats(ranks)
+    repeat[dense] = False
+    width = int(allowed.max())
+    kept_rows, kept_slots = np.nonzero(~repeat)
+    taken = [np.sort(kept_rows * width + ranks[kept_rows, kept_slots])]  # sorted row * width + rank
+    rows, slots = np.nonzero(repeat)
+    while len(rows):  # each redraw is accepted with probability >= 1/2 on these rows
+        draws = _uniform(allowed[rows], (len(rows), 1), generator)[:, 0]
+        keys = rows * width + draws
+        _, first = np.unique(keys, return_index=True)
+        first = first[~np.any([_member(t, keys[first]) for t in taken], axis=0)]
+        accept = np.zeros(len(rows), dtype=bool)
+        accept[first] = True
+        ranks[rows[accept], slots[accept]] = draws[accept]
+        taken.append(np.sort(keys[accept]))
+        rows, slots = rows[~accept], slots[~accept]
     if len(dense):
         ranks[dense] = _permuted(allowed[dense], n, generator)
     return ranks
+
+
+def _member(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """bool like ``values``: whether each is in the sorted array ``ordered``."""
+    pos = np.minimum(np.searchsorted(ordered, values), max(len(ordered) - 1, 0))
+    return ordered[pos] == values if len(ordered) else np.zeros(len(values), dtype=bool)
 
 
 def _permuted(allowed: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
@@ -129,10 +140,9 @@ def _permuted(allowed: np.ndarray, n: int, generator: torch.Generator) -> np.nda
     return out
 
 
-def _repeats(ranks: np.ndarray, fresh: np.ndarray) -> np.ndarray:
-    """bool like ``ranks``: True on every slot whose value another slot of its row keeps: a slot not
-    ``fresh`` (kept from before) wins over fresh ones, and among equals the first slot wins."""
-    order = np.argsort(ranks * 2 + fresh, axis=1, kind="stable")
+def _repeats(ranks: np.ndarray) -> np.ndarray:
+    """bool like ``ranks``: True on every slot whose value an earlier slot of its row (in sort order) holds."""
+    order = np.argsort(ranks, axis=1, kind="stable")
     ordered = np.take_along_axis(ranks, order, axis=1)
     repeat = np.zeros_like(ranks, dtype=bool)
     np.put_along_axis(repeat, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
