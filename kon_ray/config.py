@@ -60,11 +60,18 @@ class DataConfig:
     the checkpoint on them picks the most memorised one). False: the split as given."""
     test_limit: int | None = None
     """Test on at most N test triples (both directions); None: all, as the paper does."""
+    anchor_tokens: int | None = field(
+        default=48,
+        metadata={
+            "help": "Tokens of the query entity's name kept in the prompt (its first N; the answer side is "
+            "cut at model.k), so a KG of long names does not pay for its longest prompt; None: all."
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_literals(self)
         _check(bool(self.dataset), "data.dataset='': name a shipped KG (DB15K, MKG-W) or a folder")
-        for name in ("train_limit", "valid_limit", "test_limit"):
+        for name in ("train_limit", "valid_limit", "test_limit", "anchor_tokens"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"data.{name}={value}: must be >= 1 or None")
 
@@ -161,7 +168,8 @@ class LossConfig:
     code's BCE with self-adversarial negative weights; 'infonce': softmax CE over the
     positive and its negatives."""
     negatives: int = 128
-    """|N|: negative entities per query, never a known true answer in training (strict)."""
+    """|N|: negative entities per query, never a known true answer in training (strict). A query
+    with fewer non-answers gets all of them, then uniform repeats; |N| must be below the entity count."""
     floor: float = 1e-4
     """eq. 12/13 are unbounded below as printed; each log p is taken as log(p + floor)."""
     adversarial_temperature: float = 0.5
