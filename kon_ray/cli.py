@@ -53,25 +53,47 @@ def _encoded_kg(args: argparse.Namespace) -> tuple[RunConfig, KnowledgeGraph, Pr
     config = apply_overrides(RunConfig(), [f"data.dataset={args.dataset}", *args.overrides])
     kg = load_kg(config.data.dataset)
     tokenizer = load_tokenizer(config.model, kg, config.data.prompt)
-    return config, kg, tokenizer, encode_kg(kg, tokenizer, config.data.prompt, config.model.k)
+    return config, kg, tokenizer, encode_kg(kg, tokenizer, config.data.prompt, config.model.k, config.data.anchor_tokens)
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count} ({count / max(total, 1):.0%})"
+
+
+def _sharing(rows: object) -> int:
+    """How many entries (rows of a 2-D array) equal another one."""
+    import numpy as np
+
+    values = np.asarray(rows)
+    _, groups, counts = np.unique(values, axis=0 if values.ndim > 1 else None, return_inverse=True, return_counts=True)
+    return int((counts[groups.reshape(-1)] > 1).sum())
 
 
 def _data_stats(args: argparse.Namespace) -> None:
+    import numpy as np
+
     config, kg, tokenizer, encoded = _encoded_kg(args)
-    k = config.model.k
+    k, cap, e = config.model.k, config.data.anchor_tokens, kg.num_entities
     lengths = encoded.name_lengths
-    seen = len(kg.valid) - len(kg.unseen("valid"))
+    seen = {split: len(getattr(kg, split)) - len(kg.unseen(split)) for split in ("valid", "test")}
+    repeats = {split: kg.duplicates.get(split, 0) for split in ("train", "valid", "test")}
     rows = [
         ("dataset", kg.name),
-        ("entities", kg.num_entities),
+        ("entities", e),
         ("relations", kg.num_relations),
         ("train", len(kg.train)),
         ("valid", len(kg.valid)),
         ("test", len(kg.test)),
-        ("valid triples also in train", f"{seen} ({seen / max(len(kg.valid), 1):.0%})"),
+        ("duplicate triples", f"train {repeats['train']} (dropped), valid {repeats['valid']}, test {repeats['test']}"),
+        ("valid triples also in train", _share(seen["valid"], len(kg.valid))),
+        ("test triples also in train", _share(seen["test"], len(kg.test))),
+        ("entities only in valid / test", f"{len(kg.only_in('valid'))} / {len(kg.only_in('test'))}"),
+        ("entities sharing a name", _share(_sharing(np.array(kg.entity_names, dtype=object)), e)),
+        (f"entities sharing their first K={k} tokens", _share(_sharing(encoded.entity_tokens.numpy()), e)),
         ("tokenizer", f"{config.model.backbone} ({len(tokenizer)} tokens)"),
         ("name tokens (mean / max)", f"{lengths.mean():.2f} / {lengths.max()}"),
         (f"names truncated at K={k}", f"{int((lengths > k).sum())} ({(lengths > k).mean():.2%})"),
+        (f"prompts cut at data.anchor_tokens={cap}", _share(encoded.capped_prompts(cap), len(encoded.prompt_keys))),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -189,12 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     data = commands.add_parser("data", help="inspect a KG").add_subparsers(dest="data_command", required=True)
-    stats = data.add_parser("stats", help="counts, and entity names truncated at K for a tokenizer")
-    stats.add_argument("dataset", help="DB15K, MKG-W or a folder with train/valid/test.tsv")
+    stats = data.add_parser(
+        "stats", help="counts, duplicates, leakage, shared names and first-K tokens, truncation at K and the anchor cap"
+    )
+    stats.add_argument("dataset", help="DB15K, MKG-W or a KG folder (formats: docs/data.md)")
     stats.add_argument("overrides", nargs="*", help="e.g. model.k=4 model.backbone=PATH")
     stats.set_defaults(func=_data_stats)
     baseline = data.add_parser("baseline", help="test metrics of ranking answers by what their relation alone says")
-    baseline.add_argument("dataset", help="DB15K, MKG-W or a folder with train/valid/test.tsv")
+    baseline.add_argument("dataset", help="DB15K, MKG-W or a KG folder (formats: docs/data.md)")
     baseline.add_argument("overrides", nargs="*", help="e.g. model.k=4 model.embedded.vocab_size=8192")
     baseline.set_defaults(func=_data_baseline)
 
