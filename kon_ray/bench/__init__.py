@@ -17,7 +17,7 @@ from kon_ray.config import ConfigError, RunConfig, apply_overrides
 if TYPE_CHECKING:
     import torch
 
-BENCHMARKS = ("scoring", "negatives", "sampling", "evaluation", "study", "heads", "sft", "precision")
+BENCHMARKS = ("scoring", "negatives", "sampling", "evaluation", "study", "heads", "sft", "precision", "scale")
 
 
 def run_benchmark(name: str, items: list[str], out: Path, device: torch.device) -> dict[str, Any]:

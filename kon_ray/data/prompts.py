@@ -48,8 +48,13 @@ CHUNK = 65536
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Iterator[str], special: bool) -> Iterator[list[list[int]]]:
+    """Token ids of ``texts``, ``CHUNK`` at a time; a fast tokenizer's backend directly (the same ids
+    without the wrapper's per-text conversion, half the time)."""
     while chunk := list(itertools.islice(texts, CHUNK)):
-        yield tokenizer(chunk, add_special_tokens=special)["input_ids"]
+        if tokenizer.is_fast:
+            yield [e.ids for e in tokenizer.backend_tokenizer.encode_batch(chunk, add_special_tokens=special)]
+        else:
+            yield tokenizer(chunk, add_special_tokens=special)["input_ids"]
 
 
 def _answer_ids(tokenizer: PreTrainedTokenizerBase, names: list[str]) -> Iterator[list[int]]:
@@ -121,7 +126,7 @@ class EncodedKG:
     entity_mask: torch.Tensor  # (E, K) bool, True on real tokens
     name_lengths: np.ndarray  # (E,) untruncated token counts
     prompt_keys: np.ndarray  # sorted int64 query keys (direction, relation, anchor)
-    prompt_flat: np.ndarray
+    prompt_flat: np.ndarray  # int32 token ids of every prompt, concatenated
     prompt_offsets: np.ndarray
     num_entities: int
     num_relations: int
@@ -231,7 +236,7 @@ def encode_kg(
                     yield TEMPLATES[template][d].format(entity=shown[a], relation=kg.relation_names[r])
 
         flat, offsets = _ragged(_tokenize(tokenizer, texts(), special=True))
-        np.savez(folder / "encoded.npz", table=table, lengths=lengths, keys=keys, flat=flat, offsets=offsets)
+        np.savez(folder / "encoded.npz", table=table, lengths=lengths, keys=keys, flat=flat.astype(np.int32), offsets=offsets)
 
     data = np.load(cached_dir("encoded", key, build) / "encoded.npz")
     table = torch.from_numpy(data["table"])
