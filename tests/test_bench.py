@@ -101,3 +101,23 @@ def test_bench_precision_times_both_sides(tiny_kg: Path, tmp_path: Path, capsys:
     record = json.loads((tmp_path / "precision.json").read_text())
     assert set(record["figures"]["step_s"]) == {"float32", "mixed"} and record["ratio"] > 0
     assert record["config"]["model"]["dtype"] == "auto"  # each side overrides it
+
+
+def test_bench_scale_synthetic_kg_is_seeded_heavy_tailed_and_loadable(tmp_path: Path) -> None:
+    from kon_ray.bench.scale import Settings, _exponents, write_synthetic_kg
+
+    settings = Settings(held_out=50)
+    kg = load_kg(str(write_synthetic_kg(tmp_path / "a", 3000, settings)))
+    again = load_kg(str(write_synthetic_kg(tmp_path / "b", 3000, settings)))
+    assert kg.digest == again.digest and kg.num_entities == 3000 and len(kg.test) == 50
+    assert 4.5 <= len(kg.train) / kg.num_entities <= 5.1 and kg.num_relations == settings.relations
+    degree = np.bincount(kg.train[:, [0, 2]].ravel(), minlength=kg.num_entities)
+    assert (degree == 0).sum() <= 2 * settings.held_out and degree.max() > 20 * np.median(degree)  # heavy tail
+    words = np.array([len(n.split()) for n in kg.entity_names])
+    assert 2 < words.mean() < 3.5 and words.max() <= 6
+    stage = {"seconds": 1.0, "peak_mb": 1000.0}
+    figures = {str(n): {name: dict(stage) for name in ("imports", "negatives")} for n in (10, 100)}
+    figures["100"]["negatives"] = {"seconds": 10.0, "peak_mb": 1900.0}  # 900 MB above imports, 10 x 1 MB...
+    figures["10"]["negatives"]["peak_mb"] = 1090.0  # ...against 90 MB: linear
+    grown = _exponents(Settings(sizes=(10, 100)), figures)["negatives"]
+    assert grown == pytest.approx({"time": 1.0, "peak above imports": 1.0})

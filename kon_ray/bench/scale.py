@@ -209,7 +209,7 @@ def _exponents(settings: Settings, figures: dict[str, dict[str, dict[str, float]
     small, large = (figures[str(n)] for n in settings.sizes[-2:])
     ratio = settings.sizes[-1] / settings.sizes[-2]
     out = {}
-    for stage in STAGES[1:]:
+    for stage in [name for name in STAGES[1:] if name in small]:
         above = [sized[stage]["peak_mb"] - sized["imports"]["peak_mb"] for sized in (small, large)]
         out[stage] = {
             "time": _exponent(small[stage]["seconds"], large[stage]["seconds"], ratio, 0.01),
