@@ -53,7 +53,8 @@ def _encoded_kg(args: argparse.Namespace) -> tuple[RunConfig, KnowledgeGraph, Pr
     config = apply_overrides(RunConfig(), [f"data.dataset={args.dataset}", *args.overrides])
     kg = load_kg(config.data.dataset)
     tokenizer = load_tokenizer(config.model, kg, config.data.prompt)
-    return config, kg, tokenizer, encode_kg(kg, tokenizer, config.data.prompt, config.model.k, config.data.anchor_tokens)
+    encoded = encode_kg(kg, tokenizer, config.data.prompt, config.model.k, config.data.anchor_tokens)
+    return config, kg, tokenizer, encoded
 
 
 def _share(count: int, total: int) -> str:
@@ -65,7 +66,8 @@ def _sharing(rows: object) -> int:
     import numpy as np
 
     values = np.asarray(rows)
-    _, groups, counts = np.unique(values, axis=0 if values.ndim > 1 else None, return_inverse=True, return_counts=True)
+    axis = 0 if values.ndim > 1 else None
+    _, groups, counts = np.unique(values, axis=axis, return_inverse=True, return_counts=True)
     return int((counts[groups.reshape(-1)] > 1).sum())
 
 
@@ -74,7 +76,7 @@ def _data_stats(args: argparse.Namespace) -> None:
 
     config, kg, tokenizer, encoded = _encoded_kg(args)
     k, cap, e = config.model.k, config.data.anchor_tokens, kg.num_entities
-    lengths = encoded.name_lengths
+    lengths, prompts = encoded.name_lengths, len(encoded.prompt_keys)
     seen = {split: len(getattr(kg, split)) - len(kg.unseen(split)) for split in ("valid", "test")}
     repeats = {split: kg.duplicates.get(split, 0) for split in ("train", "valid", "test")}
     rows = [
@@ -84,7 +86,7 @@ def _data_stats(args: argparse.Namespace) -> None:
         ("train", len(kg.train)),
         ("valid", len(kg.valid)),
         ("test", len(kg.test)),
-        ("duplicate triples", f"train {repeats['train']} (dropped), valid {repeats['valid']}, test {repeats['test']}"),
+        ("duplicate triples", "train {train} (dropped), valid {valid}, test {test}".format(**repeats)),
         ("valid triples also in train", _share(seen["valid"], len(kg.valid))),
         ("test triples also in train", _share(seen["test"], len(kg.test))),
         ("entities only in valid / test", f"{len(kg.only_in('valid'))} / {len(kg.only_in('test'))}"),
@@ -93,7 +95,7 @@ def _data_stats(args: argparse.Namespace) -> None:
         ("tokenizer", f"{config.model.backbone} ({len(tokenizer)} tokens)"),
         ("name tokens (mean / max)", f"{lengths.mean():.2f} / {lengths.max()}"),
         (f"names truncated at K={k}", f"{int((lengths > k).sum())} ({(lengths > k).mean():.2%})"),
-        (f"prompts cut at data.anchor_tokens={cap}", _share(encoded.capped_prompts(cap), len(encoded.prompt_keys))),
+        (f"prompts cut at data.anchor_tokens={cap}", _share(encoded.capped_prompts(cap), prompts)),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -212,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="inspect a KG").add_subparsers(dest="data_command", required=True)
     stats = data.add_parser(
-        "stats", help="counts, duplicates, leakage, shared names and first-K tokens, truncation at K and the anchor cap"
+        "stats", help="counts, duplicates, leakage, shared names and first-K tokens, cuts at K and the anchor cap"
     )
     stats.add_argument("dataset", help="DB15K, MKG-W or a KG folder (formats: docs/data.md)")
     stats.add_argument("overrides", nargs="*", help="e.g. model.k=4 model.backbone=PATH")

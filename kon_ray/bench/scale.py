@@ -36,6 +36,9 @@ EXPONENT = 1.1
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"] + ["an", "el", "or", "um", "is"]
 STAGES = ("imports", "load+tokenise cold", "load+tokenise cached", "negatives", "training step", "ranking")
 
+Figures = dict[str, dict[str, dict[str, float]]]
+"""size -> stage -> seconds, peak_mb, before_mb (and stage-specific counts)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -181,11 +184,12 @@ def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
         "relations": settings.relations, "ranked queries": settings.ranked, "|N|": config.loss.negatives,
         "batch": f"{config.train.global_batch} queries", **hardware(torch.device("cpu")),
     })  # fmt: skip
-    figures: dict[str, dict[str, dict[str, float]]] = {}
+    figures: Figures = {}
     for size in settings.sizes:
         start = time.perf_counter()
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # its memory returns at exit
-            folder = pool.submit(write_synthetic_kg, root / f"kg-{size}-seed{settings.seed}", size, settings).result()
+            target = root / f"kg-{size}-seed{settings.seed}"
+            folder = pool.submit(write_synthetic_kg, target, size, settings).result()
         show(f"{size:>9,} entities: KG in {folder} ({time.perf_counter() - start:.0f} s)")
         sized = apply_overrides(config, {"data.dataset": str(folder)})
         cache = root / f"cache-{size}"
@@ -200,10 +204,11 @@ def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
             show(f"{size:>9,} {stage:<21} {result['seconds']:8.2f} s  peak {result['peak_mb'] / 1024:6.2f} GB"
                  f"  (before the stage {result['before_mb'] / 1024:.2f} GB)")  # fmt: skip
     checks = _checks(settings, figures)
-    return Report(setup=setup, figures={"stages": figures, "exponents": _exponents(settings, figures)}, checks=checks)
+    exponents = _exponents(settings, figures)
+    return Report(setup=setup, figures={"stages": figures, "exponents": exponents}, checks=checks)
 
 
-def _exponents(settings: Settings, figures: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+def _exponents(settings: Settings, figures: Figures) -> dict[str, dict[str, float]]:
     if len(settings.sizes) < 2:
         return {}
     small, large = (figures[str(n)] for n in settings.sizes[-2:])
@@ -218,7 +223,7 @@ def _exponents(settings: Settings, figures: dict[str, dict[str, dict[str, float]
     return out
 
 
-def _checks(settings: Settings, figures: dict[str, dict[str, dict[str, float]]]) -> list[Check]:
+def _checks(settings: Settings, figures: Figures) -> list[Check]:
     largest = str(settings.sizes[-1])
     checks = [
         Check(f"peak of the largest stage at {int(largest):,} entities",

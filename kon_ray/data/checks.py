@@ -32,7 +32,9 @@ def check_data(config: RunConfig, kg: KnowledgeGraph) -> None:
     if config.loss.contrastive == "eq12" and config.model.score_space == "logit":
         raise ConfigError("loss.contrastive='eq12' needs model.score_space='probability' (it takes log p)")
     if config.model.joint == "product" and config.model.score_space == "logit":
-        raise ConfigError("model.joint='product' needs model.score_space='probability' (a product of probabilities)")
+        raise ConfigError(
+            "model.joint='product' needs model.score_space='probability' (a product of probabilities)"
+        )
     _check_non_answers(config, kg)
 
 
@@ -47,11 +49,13 @@ def _check_non_answers(config: RunConfig, kg: KnowledgeGraph) -> None:
         raise ConfigError(
             f"loss.nce_weight={config.loss.nce_weight}: the {direction} query of {kg.name}'s training triple "
             f"{q // 2} ({kg.entity_names[queries.anchor[q]]!r}, {kg.relation_names[queries.relation[q]]!r}) "
-            "has every entity as an answer, so no negative exists; remove those triples or set loss.nce_weight=0"
+            "has every entity as an answer, so no negative exists; remove those triples or set "
+            "loss.nce_weight=0"
         )
     short = int((non_answers < config.loss.negatives).sum())
     if short:
         log.info(
-            "%d of %d training queries have fewer than loss.negatives=%d non-answers (fewest %d): they get all "
-            "of them, then uniform repeats", short, len(queries), config.loss.negatives, int(non_answers.min()),
+            "%d of %d training queries have fewer than loss.negatives=%d non-answers (fewest %d): "
+            "they get all of them, then uniform repeats",
+            short, len(queries), config.loss.negatives, int(non_answers.min()),
         )

@@ -50,6 +50,10 @@ NAME_HEADER = (frozenset({"id", "entity", "relation", "entity_id", "relation_id"
                frozenset({"name", "label", "text", "title"}))  # fmt: skip
 
 
+Loaded = tuple[tuple[str, ...], tuple[str, ...], list[np.ndarray]]
+"""Entity names, relation names, and the train, valid, test triples."""
+
+
 class KGFormatError(ValueError):
     """A KG file is missing or malformed; the message names the file and line."""
 
@@ -117,7 +121,7 @@ def load_kg(dataset: str) -> KnowledgeGraph:
             f"dataset={dataset!r}: not a shipped KG ({', '.join(SHIPPED)}) nor a folder holding "
             f"{', '.join(ID_FILES)} (id format) or {', '.join(TSV_FILES)} (TSV format)"
         )
-    repeated = {split: _repeats(t, len(entities), len(relations)) for split, t in zip(SPLITS, splits, strict=True)}
+    repeated = {s: _repeats(t, len(entities), len(relations)) for s, t in zip(SPLITS, splits, strict=True)}
     splits[0] = splits[0][~repeated["train"]]
     counts = {split: int(mask.sum()) for split, mask in repeated.items()}
     if counts["train"]:
@@ -162,7 +166,9 @@ def _lines(path: Path, sources: dict[str, bytes]) -> list[tuple[int, str]]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise KGFormatError(f"{path}, line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); save it as UTF-8") from None
+        raise KGFormatError(
+            f"{path}, line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); save it as UTF-8"
+        ) from None
     sources[path.name] = data
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     nul = text.find("\0")
@@ -203,7 +209,8 @@ def _check_id(path: Path, no: int, what: str, value: int, count: int) -> None:
 
 
 def _read_names(path: Path, sources: dict[str, bytes]) -> list[str]:
-    """Labels of ``entity2id.txt`` / ``relation2id.txt`` in id order: ``<label> id`` or ``id label id`` lines."""
+    """Labels of ``entity2id.txt`` / ``relation2id.txt`` in id order, from ``<label> id`` or ``id label id``
+    lines."""
     lines = _skip_count(path, _lines(path, sources))
     if not lines:
         raise KGFormatError(f"{path}: empty file; expected one '<label> id' line per id")
@@ -215,20 +222,26 @@ def _read_names(path: Path, sources: dict[str, bytes]) -> list[str]:
     for no, line in lines:
         parts = line.split()
         if len(parts) < (3 if numbered else 2):
-            raise KGFormatError(f"{path}, line {no}: expected {form} (whitespace-separated), got {_quote(line)}")
+            raise KGFormatError(
+                f"{path}, line {no}: expected {form} (whitespace-separated), got {_quote(line)}"
+            )
         index = _int(path, no, parts[-1])
         label = line.strip().rsplit(None, 1)[0]
         if numbered:
             lead, label = label.split(None, 1)
             if _int(path, no, lead) != index:
-                raise KGFormatError(f"{path}, line {no}: expected {form} with the same id twice, got {_quote(line)}")
+                raise KGFormatError(
+                    f"{path}, line {no}: expected {form} with the same id twice, got {_quote(line)}"
+                )
         if not 0 <= index < len(lines):
             raise KGFormatError(
                 f"{path}, line {no}: id {index} out of range; the file has {len(lines)} entries, "
                 f"so ids must be 0..{len(lines) - 1}"
             )
         if index in seen:
-            raise KGFormatError(f"{path}, line {no}: duplicate id {index}, already given on line {seen[index]}")
+            raise KGFormatError(
+                f"{path}, line {no}: duplicate id {index}, already given on line {seen[index]}"
+            )
         seen[index] = no
         labels[index] = label
     return labels
@@ -253,12 +266,13 @@ def _read_id_triples(path: Path, sources: dict[str, bytes], entities: int, relat
     return np.frombuffer(rows, dtype=np.int64).reshape(-1, 3).copy()
 
 
-def _load_ids(folder: Path, sources: dict[str, bytes]) -> tuple[tuple[str, ...], tuple[str, ...], list[np.ndarray]]:
+def _load_ids(folder: Path, sources: dict[str, bytes]) -> Loaded:
     _require(folder, ID_FILES)
     entities = _read_names(folder / "entity2id.txt", sources)
     relations = _read_names(folder / "relation2id.txt", sources)
     splits = [
-        _read_id_triples(folder / f"{split}2id.txt", sources, len(entities), len(relations)) for split in SPLITS
+        _read_id_triples(folder / f"{split}2id.txt", sources, len(entities), len(relations))
+        for split in SPLITS
     ]
     return tuple(map(entity_name, entities)), tuple(map(relation_name, relations)), splits
 
@@ -268,16 +282,21 @@ def _read_name_file(path: Path, sources: dict[str, bytes]) -> dict[str, tuple[in
     lines = _lines(path, sources)
     if lines:
         first = [f.strip().lower() for f in lines[0][1].split("\t")]
-        lines = _skip_header(path, lines, len(first) == 2 and first[0] in NAME_HEADER[0] and first[1] in NAME_HEADER[1])
+        header = len(first) == 2 and first[0] in NAME_HEADER[0] and first[1] in NAME_HEADER[1]
+        lines = _skip_header(path, lines, header)
     names: dict[str, tuple[int, str]] = {}
     seen: dict[str, int] = {}
     for no, line in lines:
         key, tab, name = line.partition("\t")
         key, name = key.strip(), " ".join(name.split())
         if not tab or not key or not name:
-            raise KGFormatError(f"{path}, line {no}: expected 'id<TAB>name' with both non-empty, got {_quote(line)}")
+            raise KGFormatError(
+                f"{path}, line {no}: expected 'id<TAB>name' with both non-empty, got {_quote(line)}"
+            )
         if key in seen:
-            raise KGFormatError(f"{path}, line {no}: duplicate id {_quote(key)}, already given on line {seen[key]}")
+            raise KGFormatError(
+                f"{path}, line {no}: duplicate id {_quote(key)}, already given on line {seen[key]}"
+            )
         seen[key] = no
         names[key] = (len(names), name)
     if not names:
@@ -288,7 +307,9 @@ def _read_name_file(path: Path, sources: dict[str, bytes]) -> dict[str, tuple[in
 class _Ids:
     """Ids of one kind (entities or relations): from a names file, else by first appearance."""
 
-    def __init__(self, folder: Path, filename: str, sources: dict[str, bytes], normalise: Callable[[str], str]) -> None:
+    def __init__(
+        self, folder: Path, filename: str, sources: dict[str, bytes], normalise: Callable[[str], str]
+    ) -> None:
         self.path = folder / filename
         self.fixed = self.path.is_file()
         self.index: dict[str, int] = {}
@@ -304,7 +325,9 @@ class _Ids:
         if found is not None:
             return found
         if self.fixed:
-            raise KGFormatError(f"{path}, line {no}: id {_quote(key)} is not in {self.path.name}: {_quote(line)}")
+            raise KGFormatError(
+                f"{path}, line {no}: id {_quote(key)} is not in {self.path.name}: {_quote(line)}"
+            )
         self.index[key] = len(self.names)
         self.names.append(self.normalise(key))
         return self.index[key]
@@ -332,7 +355,7 @@ def _read_tsv(path: Path, sources: dict[str, bytes], entities: _Ids, relations: 
     return np.frombuffer(rows, dtype=np.int64).reshape(-1, 3).copy()
 
 
-def _load_tsv(folder: Path, sources: dict[str, bytes]) -> tuple[tuple[str, ...], tuple[str, ...], list[np.ndarray]]:
+def _load_tsv(folder: Path, sources: dict[str, bytes]) -> Loaded:
     _require(folder, TSV_FILES)
     entities = _Ids(folder, NAME_FILES[0], sources, entity_name)
     relations = _Ids(folder, NAME_FILES[1], sources, relation_name)

@@ -47,7 +47,9 @@ CHUNK = 65536
 """Texts tokenised per call."""
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Iterator[str], special: bool) -> Iterator[list[list[int]]]:
+def _tokenize(
+    tokenizer: PreTrainedTokenizerBase, texts: Iterator[str], special: bool
+) -> Iterator[list[list[int]]]:
     """Token ids of ``texts``, ``CHUNK`` at a time; a fast tokenizer's backend directly (the same ids
     without the wrapper's per-text conversion, half the time)."""
     while chunk := list(itertools.islice(texts, CHUNK)):
@@ -76,7 +78,8 @@ def _ragged(chunks: Iterator[list[list[int]]]) -> tuple[np.ndarray, np.ndarray]:
     flats, lengths = [], []
     for rows in chunks:
         length = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        flats.append(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(length.sum())))
+        tokens = itertools.chain.from_iterable(rows)
+        flats.append(np.fromiter(tokens, dtype=np.int64, count=int(length.sum())))
         lengths.append(length)
     offsets = np.zeros(sum(map(len, lengths)) + 1, dtype=np.int64)
     np.cumsum(np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64), out=offsets[1:])
@@ -100,7 +103,8 @@ def capped_names(
     """Each name as the prompt shows it: its first ``cap`` tokens (all when None or shorter)."""
     if cap is None:
         return list(names)
-    return [name if len(t) <= cap else tokenizer.decode(t[:cap]).strip() for name, t in zip(names, ids, strict=True)]
+    pairs = zip(names, ids, strict=True)
+    return [name if len(t) <= cap else tokenizer.decode(t[:cap]).strip() for name, t in pairs]
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,8 @@ def encode_kg(
                     yield TEMPLATES[template][d].format(entity=shown[a], relation=kg.relation_names[r])
 
         flat, offsets = _ragged(_tokenize(tokenizer, texts(), special=True))
-        np.savez(folder / "encoded.npz", table=table, lengths=lengths, keys=keys, flat=flat.astype(np.int32), offsets=offsets)
+        flat = flat.astype(np.int32)
+        np.savez(folder / "encoded.npz", table=table, lengths=lengths, keys=keys, flat=flat, offsets=offsets)
 
     data = np.load(cached_dir("encoded", key, build) / "encoded.npz")
     table = torch.from_numpy(data["table"])
