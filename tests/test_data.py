@@ -356,3 +356,45 @@ def test_encoding_cache_follows_the_tokenizer_contents_not_its_name(tmp_path: Pa
     first, second = encode_kg(kg, a, "compact", 4), encode_kg(kg, b, "compact", 4)
     assert not torch.equal(first.entity_tokens, second.entity_tokens)
     assert tokenizer_digest(a) == tokenizer_digest(_bpe([*kg.entity_names, *kg.relation_names], 270))
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_vectorised_tsv_reader_matches_the_line_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named: bool
+) -> None:
+    from kon_ray.data import kg as kg_module
+
+    rng = np.random.default_rng(0)
+    ids = [f"{i:08d}" if i % 2 else f"Q{i}" for i in range(300)]
+    files = {
+        f"{split}.tsv": "\n\n".join(
+            f"{ids[h]}\t{'r_' if named else 'rel_'}{r}\t{ids[t]}" for h, r, t in rng.integers(0, [300, 7, 300], (n, 3))
+        )
+        for split, n in (("train", 900), ("valid", 60), ("test", 60))
+    }
+    if named:
+        files["entities.tsv"] = "".join(f"{i}\tname  {int(i.lstrip('Q')) % 50}\n" for i in ids)
+        files["relations.tsv"] = "".join(f"r_{r}\trelation {r}\n" for r in range(7))
+    folder = _write(tmp_path / "kg", files)
+    fast = load_kg(str(folder))
+    monkeypatch.setattr(kg_module, "_load_tsv_fast", lambda *_: None)
+    slow = load_kg(str(folder))
+    assert fast.entity_names == slow.entity_names and fast.relation_names == slow.relation_names
+    assert fast.digest == slow.digest and fast.duplicates == slow.duplicates
+    for split in ("train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(fast, split), getattr(slow, split))
+    if named:
+        assert fast.entity_names[1] == "name 1"  # file order; whitespace collapsed
+    else:
+        assert set(fast.entity_names) <= set(ids) and "00000001" in fast.entity_names  # leading zeros kept
+
+
+def test_regular_tsv_takes_the_vectorised_reader(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from kon_ray.data import kg as kg_module
+
+    def line_by_line(*_: object) -> None:
+        raise AssertionError("the line reader ran on a regular file")
+
+    monkeypatch.setattr(kg_module, "_read_tsv", line_by_line)
+    monkeypatch.setattr(kg_module, "_read_name_file", line_by_line)
+    assert load_kg(str(_write(tmp_path / "named", {**NAMED, "entities.tsv": NAMED["entities.tsv"][8:]}))).num_entities == 4

@@ -22,17 +22,23 @@ and what was expected, quoting at most ``QUOTE`` characters of the line.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
 import logging
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kon_ray.data.names import entity_name, relation_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -157,10 +163,13 @@ def _quote(line: str) -> str:
 
 
 def _lines(path: Path, sources: dict[str, bytes]) -> list[tuple[int, str]]:
-    """(1-based line number, text) of every non-blank line; the file's bytes go to ``sources``.
+    """(1-based line number, text) of every non-blank line; the file's bytes go to ``sources``."""
+    return [(no, line) for no, line in enumerate(_text(path, sources).split("\n"), 1) if line.strip()]
 
-    The BOM is dropped, CR and CRLF line ends read as LF, and a NUL byte refused.
-    """
+
+def _text(path: Path, sources: dict[str, bytes]) -> str:
+    """The file's text, its bytes put in ``sources``: the BOM dropped, CR and CRLF line ends read as
+    LF, and a NUL byte refused."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -174,7 +183,7 @@ def _lines(path: Path, sources: dict[str, bytes]) -> list[tuple[int, str]]:
     nul = text.find("\0")
     if nul >= 0:
         raise KGFormatError(f"{path}, line {text.count(chr(10), 0, nul) + 1}: NUL byte; a KG file holds text")
-    return [(no, line) for no, line in enumerate(text.split("\n"), 1) if line.strip()]
+    return text
 
 
 def _skip_header(path: Path, lines: list[tuple[int, str]], header: bool) -> list[tuple[int, str]]:
@@ -355,8 +364,83 @@ def _read_tsv(path: Path, sources: dict[str, bytes], entities: _Ids, relations: 
     return np.frombuffer(rows, dtype=np.int64).reshape(-1, 3).copy()
 
 
+def _columns(path: Path, sources: dict[str, bytes], count: int) -> list[pd.Series] | None:
+    """The file's ``count`` tab-separated columns of str, parsed in C, or None when a line is
+    irregular (a header, an empty or padded field, another field count): the line-by-line reader
+    then reads the file and names the line."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(
+            io.StringIO(_text(path, sources)), sep="\t", header=None, dtype=str, quoting=csv.QUOTE_NONE,
+            engine="c", keep_default_na=False, na_filter=False, skip_blank_lines=True,
+        )  # fmt: skip
+    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    if frame.shape[1] != count or frame.isna().to_numpy().any():
+        return None
+    columns = [frame[c] for c in frame.columns]
+    first = [str(c.iloc[0]).lower() for c in columns]
+    if set(first) <= TRIPLE_HEADER or (count == 2 and first[0] in NAME_HEADER[0] and first[1] in NAME_HEADER[1]):
+        return None
+    for column in columns:
+        length = column.str.len()
+        if (length == 0).any() or (column.str.strip().str.len() != length).any():
+            return None
+    return columns
+
+
+def _named(folder: Path, filename: str, sources: dict[str, bytes], values: pd.Series,
+           normalise: Callable[[str], str]) -> tuple[np.ndarray, tuple[str, ...]] | None:  # fmt: skip
+    """Ids of ``values`` and the names: from ``filename`` when present, else by first appearance."""
+    import pandas as pd
+
+    path = folder / filename
+    if not path.is_file():
+        codes, uniques = pd.factorize(values)
+        return codes.astype(np.int64), tuple(map(normalise, uniques.tolist()))
+    table = _columns(path, sources, 2)
+    if table is None:
+        return None
+    ids = pd.Index(table[0])
+    if not ids.is_unique:
+        return None
+    codes = ids.get_indexer(values)
+    if (codes < 0).any():
+        return None
+    names = table[1].copy()
+    irregular = names.str.contains(r"\s\s|[\t\n\r\f\v]", regex=True)
+    names[irregular] = [" ".join(n.split()) for n in names[irregular]]
+    return codes.astype(np.int64), tuple(names.tolist())
+
+
+def _load_tsv_fast(folder: Path, sources: dict[str, bytes]) -> Loaded | None:
+    """``_load_tsv`` for regular files, vectorised (a 5M-line KG in seconds); None when a file is not."""
+    import pandas as pd
+
+    splits = [_columns(folder / f"{split}.tsv", sources, 3) for split in SPLITS]
+    if any(columns is None for columns in splits):
+        return None
+    # Entities by first appearance: head, then tail, row by row, over train, valid, test.
+    ends = pd.concat([pd.concat([c[0], c[2]], axis=1).stack() for c in splits], ignore_index=True)  # type: ignore[index]
+    entities = _named(folder, NAME_FILES[0], sources, ends, entity_name)
+    relations = _named(folder, NAME_FILES[1], sources, pd.concat([c[1] for c in splits], ignore_index=True),  # type: ignore[index]
+                       relation_name)  # fmt: skip
+    if entities is None or relations is None:
+        return None
+    rows = np.cumsum([0, *(len(c[0]) for c in splits)])  # type: ignore[index]
+    pairs = entities[0].reshape(-1, 2)
+    triples = [
+        np.stack([pairs[a:b, 0], relations[0][a:b], pairs[a:b, 1]], axis=1) for a, b in zip(rows[:-1], rows[1:])
+    ]
+    return entities[1], relations[1], triples
+
+
 def _load_tsv(folder: Path, sources: dict[str, bytes]) -> Loaded:
     _require(folder, TSV_FILES)
+    fast = _load_tsv_fast(folder, sources)
+    if fast is not None:
+        return fast
     entities = _Ids(folder, NAME_FILES[0], sources, entity_name)
     relations = _Ids(folder, NAME_FILES[1], sources, relation_name)
     splits = [_read_tsv(folder / f"{split}.tsv", sources, entities, relations) for split in SPLITS]
