@@ -45,6 +45,7 @@ def test_overrides_are_typed() -> None:
         ("train.lr=-1", "train.lr=-1.0: must be > 0"),
         ("model=3", "is a section"),
         ("model.k", "expected key=value"),
+        ("model.score_space=logit", "loss.contrastive='eq12' needs model.score_space='probability'"),
     ],
 )
 def test_bad_values_name_the_field(override: str, message: str) -> None:
@@ -61,3 +62,10 @@ def test_auto_tuning() -> None:
     assert ModelConfig().tuning == "full"
     assert ModelConfig(backbone="some/llm").tuning == "lora"
     assert ModelConfig(backbone="some/llm", backbone_tuning="full").tuning == "full"
+
+
+def test_cross_field_checks_run_on_construction() -> None:
+    """A product of probabilities needs probability space, whatever the loss."""
+    with pytest.raises(ConfigError, match="model.joint='product' needs model.score_space='probability'"):
+        apply_overrides(RunConfig(), ["loss.contrastive=infonce", "model.score_space=logit", "model.joint=product"])
+    assert apply_overrides(RunConfig(), ["loss.contrastive=infonce", "model.score_space=logit"]).model.score_space == "logit"

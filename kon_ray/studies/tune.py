@@ -12,7 +12,7 @@ import datetime
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,6 @@ class TrialSpec:
     """Trials the study runs: its grid x variants x seeds, or its Optuna sample budget."""
     train_storage: str
     """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
-    loop_extra: Mapping[str, Any] = field(default_factory=dict)
-    """Extra ``distributed.worker`` arguments (fault injection in tests)."""
 
     def config(self, params: Mapping[str, Any]) -> RunConfig:
         return apply_overrides(RunConfig(), trial_overrides(self.base, self.variants, params, self.extra))
@@ -73,7 +71,7 @@ def read_spec(folder: Path) -> TrialSpec:
     if not path.is_file():
         raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
     values = json.loads(path.read_text())
-    return TrialSpec(**{**values, "varied": tuple(values["varied"]), "loop_extra": {}})
+    return TrialSpec(**{**values, "varied": tuple(values["varied"])})
 
 
 def final_row(metrics: dict[str, Any], config: RunConfig, started: str) -> dict[str, Any]:
@@ -106,7 +104,7 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     config = spec.config(params)
     started = _now()
     name = f"train-{tune.get_context().get_trial_id()}"
-    trainer = build_trainer(config, name, spec.train_storage, 0, dict(spec.loop_extra), [ValidationToTune()])
+    trainer = build_trainer(config, name, spec.train_storage, 0, [ValidationToTune()])
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -158,7 +156,6 @@ def run_study(
     storage: str | Path = "runs/studies",
     address: str | None = None,
     resume: bool = False,
-    loop_extra: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Run (or with ``resume``, finish) ``study``; return and export its result table."""
     from kon_ray.studies.table import export_table, study_table
@@ -186,7 +183,6 @@ def run_study(
         mode=study.mode,
         trials=trial_count(study),
         train_storage=str(folder / "train"),
-        loop_extra=dict(loop_extra or {}),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
     if tune.Tuner.can_restore(str(folder)):
@@ -195,7 +191,7 @@ def run_study(
         log.info("%s: resuming from %s", study.name, folder)
         tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
     else:
-        write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides), "loop_extra": {}})
+        write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides)})
         tuner = _new_tuner(study, spec, trainable, folder, concurrent)
     log.info("%s: %d trials, up to %d at once, in %s", study.name, trial_count(study), concurrent, folder)
     logging.getLogger("tensorboardX.summary").setLevel(logging.WARNING)  # renames of 'hits@k' metrics
