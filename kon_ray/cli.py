@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, KGFormatError) as error:
         print(f"kon-ray: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        console.close_log()
 
 
 if __name__ == "__main__":

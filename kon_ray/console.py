@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -63,6 +64,8 @@ class _Console:
     handler: logging.Handler | None = None
     file: logging.FileHandler | None = None
     live: Live | None = None
+    ray_print: Callable[[dict[str, Any], bool], None] | None = None
+    """Ray's printer of the raylet's messages to this driver."""
 
 
 _console = _Console()
@@ -150,15 +153,24 @@ def capture_ray_logging() -> None:
 
 def capture_ray_output() -> None:
     """The output of Ray's processes into the log file (after ``ray.init``), and off the terminal
-    unless verbose. Nothing changes while no log file is open (tests, a library user)."""
+    unless verbose: what they print, and the errors and warnings the raylet sends this driver
+    (such as how many worker processes it started). Nothing changes while no log file is open."""
     if _console.file is None:
         return
-    from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher  # no public hook
+    from ray._private import worker  # Ray has no public hook for either
 
-    dispatcher.remove_handler("kon_ray_log")
-    dispatcher.add_handler("kon_ray_log", _log_ray_output)
+    worker.global_worker_stdstream_dispatcher.remove_handler("kon_ray_log")
+    worker.global_worker_stdstream_dispatcher.add_handler("kon_ray_log", _log_ray_output)
     if not _console.verbose:
-        dispatcher.remove_handler("ray_print_logs")  # Ray's printer to the terminal
+        worker.global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")  # Ray's printer
+    _console.ray_print = _console.ray_print or worker.print_to_stdstream
+    worker.print_to_stdstream = _log_raylet_message
+
+
+def _log_raylet_message(data: dict[str, Any], ignore_prefix: bool) -> None:
+    _log_ray_output(data)
+    if _console.verbose and _console.ray_print is not None:
+        _console.ray_print(data, ignore_prefix)
 
 
 def _log_ray_output(data: dict[str, Any]) -> None:
