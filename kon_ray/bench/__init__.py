@@ -7,7 +7,10 @@ Each benchmark prints its setup, its figures and a final ``ratio:`` line, and wr
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import logging
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +21,51 @@ if TYPE_CHECKING:
     import torch
 
 BENCHMARKS = ("scoring", "negatives", "sampling", "evaluation", "study", "heads", "sft", "precision")
+HELP = "measure K-ON's efficiency claims and kon-ray's overheads as ratios"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``kon-ray bench`` and ``python -m kon_ray.bench``."""
+    parser.add_argument("name", choices=[*BENCHMARKS, "all"], help="the benchmark, or all of them in turn")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value benchmark settings (steps=5) and run config (model.k=4)"
+    )
+    parser.add_argument(
+        "--out", default="runs/bench", help="folder of the JSON records, NAME.json (default: runs/bench)"
+    )
+    parser.add_argument("--device", help="cpu or cuda (default: cuda where available)")
+    parser.set_defaults(func=run_args)
+
+
+def run_args(args: argparse.Namespace) -> None:
+    """Run the benchmark (or all) that parsed ``args`` name."""
+    import torch
+
+    from kon_ray.training import default_device
+
+    device = torch.device(args.device) if args.device else default_device()
+    out = Path(args.out)
+    if args.name == "all":
+        run_all(args.overrides, out, device)
+    else:
+        run_benchmark(args.name, args.overrides, out, device)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m kon_ray.bench``: the same as ``kon-ray bench``, without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m kon_ray.bench", description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    from kon_ray.data import KGFormatError
+
+    try:
+        run_args(args)
+    except (ConfigError, KGFormatError) as error:
+        print(f"kon-ray bench: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run_benchmark(name: str, items: list[str], out: Path, device: torch.device) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from analysis.paper import PaperValues
+from kon_ray.paper import PaperValues
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
 
 SCHEDULERS = ("asha",)
@@ -105,7 +105,7 @@ class Study:
     max_retries: int = 1
     """Restarts of a failed trial (from its latest checkpoint) before it is recorded as an error."""
     paper: PaperValues | None = None
-    """The paper's published numbers for this study (analysis.paper), or None."""
+    """The paper's published numbers for this study (kon_ray.paper), or None."""
 
     def __post_init__(self) -> None:
         for name in ("base", "grid", "variants", "space"):
@@ -157,7 +157,7 @@ class Study:
             f"scheduler={self.scheduler!r}: must be one of {SCHEDULERS} or None",
         )
         _check(self.max_retries >= 0, f"max_retries={self.max_retries}: must be >= 0")
-        _check(self.paper is None or isinstance(self.paper, PaperValues), "paper: must be an analysis.paper value or None")
+        _check(self.paper is None or isinstance(self.paper, PaperValues), "paper: must be a kon_ray.paper value or None")
 
     @property
     def varied(self) -> tuple[str, ...]:

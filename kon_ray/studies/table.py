@@ -19,7 +19,7 @@ import pandas as pd
 
 from kon_ray.config import RunConfig
 from kon_ray.results import write_atomic
-from kon_ray.studies.tune import TrialSpec, read_spec
+from kon_ray.studies.folder import TrialSpec, read_spec
 
 METRICS = tuple(f"{split}.{m}" for split in ("valid", "test") for m in ("mrr", "hits@1", "hits@3", "hits@10"))
 COST = ("trainable_params", "step_time_s", "train_time_s", "device_hours")
@@ -117,12 +117,3 @@ def status_text(table: pd.DataFrame, spec: TrialSpec) -> str:
     for _, row in table[table["status"] == "ERROR"].iterrows():
         lines.append(f"failed: trial {row['trial_id']}: {row['error']}")
     return "\n".join(lines)
-
-
-def folder_of(target: str | Path, storage: str | Path) -> Path:
-    """A study's folder from its study file (under ``storage``) or the folder itself."""
-    from kon_ray.studies.study import load_study
-    from kon_ray.studies.tune import experiment_dir
-
-    path = Path(target)
-    return experiment_dir(load_study(path), storage) if path.suffix == ".py" else path.resolve()
