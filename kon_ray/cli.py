@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
-from kon_ray.data import KGFormatError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -161,6 +160,13 @@ def _report(args: argparse.Namespace) -> None:
         raise ConfigError(f"study {', '.join(i.name for i in infos)}: {error}") from None
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """ConfigError, and KGFormatError once the data layer is loaded (only it raises one): importing it
+    up front would load torch into the commands that only read JSON."""
+    kg = sys.modules.get("kon_ray.data.kg")
+    return (ConfigError,) if kg is None else (ConfigError, kg.KGFormatError)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kon-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         args.func(args)
-    except (ConfigError, KGFormatError) as error:
+    except _user_errors() as error:
         print(f"kon-ray: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ from kon_ray.config import ConfigError, RunConfig, apply_overrides
 from kon_ray.studies.study import Study, load_study, trial_overrides
 
 SPEC_FILE = "study.json"
+STATE_FILES = "experiment_state*.json"
+LIVE_STATE_S = 300.0
+"""A live Tune driver saves its experiment state every 10 s or so; an older state is a stopped driver's."""
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,49 @@ def folder_of(target: str | Path, storage: str | Path) -> Path:
     """A study's folder from its study file (under ``storage``) or the folder itself."""
     path = Path(target)
     return experiment_dir(load_study(path), storage) if path.suffix == ".py" else path.resolve()
+
+
+@dataclass(frozen=True)
+class SavedTrial:
+    """One trial as Tune last saved it in the study folder's experiment state (plain JSON fields only)."""
+
+    trial_id: str
+    status: str
+    """Tune's status; RUNNING only while a live driver saves the state, else PENDING, as Tune resumes it."""
+    config: Mapping[str, Any]
+    last_result: Mapping[str, Any]
+    metric_analysis: Mapping[str, Mapping[str, Any]]
+    num_failures: int
+    path: Path
+    """The trial's folder (``error.txt``, ``result.json``)."""
+
+
+def has_trials(folder: Path) -> bool:
+    return any(folder.glob(STATE_FILES))
+
+
+def read_trials(folder: Path) -> list[SavedTrial]:
+    """The trials in the newest experiment state of ``folder``, read as JSON, without Ray."""
+    state = max(folder.glob(STATE_FILES))  # the newest session's: names end in its start time
+    live = time.time() - state.stat().st_mtime <= LIVE_STATE_S
+    trials = []
+    for trial_json, metadata_json in json.loads(state.read_text())["trial_data"]:
+        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
+        status = "PENDING" if trial["status"] == "RUNNING" and not live else trial["status"]
+        trials.append(
+            SavedTrial(
+                trial_id=trial["trial_id"],
+                status=status,
+                config=trial["config"],
+                last_result=metadata.get("last_result") or {},
+                metric_analysis=metadata.get("metric_analysis") or {},
+                num_failures=metadata.get("num_failures", 0),
+                path=folder / trial["relative_logdir"],
+            )
+        )
+    return trials
+
+
+def trial_status(status: str, last_result: Mapping[str, Any]) -> str:
+    """Tune's status, with TERMINATED split into finished and PRUNED (stopped by ASHA or the time budget)."""
+    return "PRUNED" if status == "TERMINATED" and not last_result.get("final") else status
