@@ -96,7 +96,8 @@ def _data_baseline(args: argparse.Namespace) -> None:
 
 
 def _study_validate(args: argparse.Namespace) -> None:
-    from kon_ray.studies.study import check_study, load_study, parse_overrides, trial_count
+    from kon_ray.overrides import parse_overrides
+    from kon_ray.studies.study import check_study, load_study, trial_count
 
     study = load_study(args.study)
     configs = check_study(study, args.study, parse_overrides(args.overrides))
@@ -105,7 +106,8 @@ def _study_validate(args: argparse.Namespace) -> None:
 
 
 def _study_run(args: argparse.Namespace) -> None:
-    from kon_ray.studies.study import load_study, parse_overrides
+    from kon_ray.overrides import parse_overrides
+    from kon_ray.studies.study import load_study
 
     if args.address is None:
         from kon_ray.distributed import LOOPBACK_ENV

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
+from kon_ray.overrides import parse_overrides, set_fields, split_dotted
 
 if TYPE_CHECKING:
     import torch
@@ -70,13 +71,13 @@ def main(argv: list[str]) -> None:
 
 def run_benchmark(name: str, items: list[str], out: Path, device: torch.device) -> dict[str, Any]:
     """Run one benchmark with its ``key=value`` overrides; print it, write ``out/NAME.json``, return the record."""
-    from kon_ray.bench.common import parse_settings, record, show, split_overrides, verdict, write_record
+    from kon_ray.bench.common import record, show, verdict, write_record
 
     if name not in BENCHMARKS:
         raise ConfigError(f"benchmark {name!r}: must be one of {', '.join(BENCHMARKS)} or all")
     module = importlib.import_module(f"kon_ray.bench.{name}")
-    pairs, dotted = split_overrides(items)
-    settings = parse_settings(module.Settings, pairs)
+    pairs, dotted = split_dotted(parse_overrides(items))
+    settings = set_fields(module.Settings(), pairs, scope=f"among the settings of bench {name}")
     config = apply_overrides(apply_overrides(RunConfig(), dict(module.BASE)), dotted)
     show(f"== bench {name}: {(module.__doc__ or '').strip().splitlines()[0]}")
     start = time.perf_counter()
@@ -90,9 +91,7 @@ def run_benchmark(name: str, items: list[str], out: Path, device: torch.device) 
 
 def run_all(items: list[str], out: Path, device: torch.device) -> list[dict[str, Any]]:
     """Every benchmark in turn; only dotted (run config) overrides, which each benchmark takes."""
-    from kon_ray.bench.common import split_overrides
-
-    pairs, _ = split_overrides(items)
+    pairs, _ = split_dotted(parse_overrides(items))
     if pairs:
         raise ConfigError(f"bench all: benchmark settings {sorted(pairs)} differ per benchmark; run it alone")
     return [run_benchmark(name, items, out, device) for name in BENCHMARKS]

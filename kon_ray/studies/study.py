@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from kon_ray.paper import PaperValues
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
+from kon_ray.overrides import check as _check
 
 SCHEDULERS = ("asha",)
 
@@ -136,6 +137,10 @@ class Study:
                 )
             _check(len(self.seeds) == 1, f"seeds={self.seeds}: a search space takes exactly one seed")
         _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), f"seeds={self.seeds}: must be distinct, >= 1")
+        _check(
+            all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds),
+            f"seeds={self.seeds}: each train.seed must be an integer >= 0",
+        )
         _check(bool(self.metric), "metric='': name a reported metric, e.g. 'valid.mrr'")
         _check(
             not self.metric.startswith("test."),
@@ -188,11 +193,6 @@ def trial_overrides(
     return {**base, **variants.get(params.get("variant"), {}), **values, **seed, **extra}
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
 def load_study(path: str | Path) -> Study:
     """Import a study file and return its ``study``; a bad or missing one names the file."""
     path = Path(path)
@@ -209,16 +209,6 @@ def load_study(path: str | Path) -> Study:
     if not isinstance(study, Study):
         raise ConfigError(f"{path}: exports no `study = Study(...)` (found {type(study).__name__})")
     return study
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    """``["model.k=4", ...]`` as a dict, rejecting items without '='."""
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        _check(bool(sep) and bool(key.strip()), f"override {item!r}: expected key=value, e.g. model.k=4")
-        pairs[key.strip()] = value.strip()
-    return pairs
 
 
 def check_study(study: Study, source: str | Path, extra: Mapping[str, Any] = {}) -> list[RunConfig]:  # noqa: B006
