@@ -15,6 +15,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from kon_ray import console
 from kon_ray.console import FILE_ONLY, Live
+from kon_ray.studies.folder import trial_status
 from kon_ray.studies.progress import TrialRow, event_line, trial_table
 
 log = logging.getLogger("kon_ray.studies")
@@ -27,11 +28,6 @@ class ValidationToTune(TuneReportCallback):
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if not metrics[0].get("final"):
             super().after_report(run_context, metrics, checkpoint)
-
-
-def trial_status(status: str, last_result: dict[str, Any]) -> str:
-    """Tune's status, with TERMINATED split into finished and PRUNED (stopped by ASHA or the time budget)."""
-    return "PRUNED" if status == "TERMINATED" and not last_result.get("final") else status
 
 
 class Progress(Callback):
