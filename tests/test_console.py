@@ -144,3 +144,34 @@ def test_monitor_writes_tensorboard_scalars(tmp_path: Path) -> None:
     assert scalars["valid/mrr"] == [(5, pytest.approx(0.1)), (10, pytest.approx(0.2))]
     assert [step for step, _ in scalars["valid/hits_10"]] == [5, 10] and "step" not in scalars
     assert scalar_tag("train.loss") == "train/loss" and scalar_tag("queries_per_s") == "queries_per_s"
+
+
+NOISE = ("TrainingReport", "Checkpoint successfully created", "Setting accelerator to CPU", "PreemptionWatcher",
+         "worker processes have been started", "Configuration for experiment")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_study_prints_a_few_lines_and_logs_the_rest(tiny_kg: Path, tmp_path: Path) -> None:
+    """A quickstart-sized study, its console captured (no terminal: a line per trial event)."""
+    import subprocess
+
+    from tests.test_studies import cli, tiny_base, write_study
+
+    body = f'study = Study(name="quick", base={tiny_base(tiny_kg)!r}, grid={{"model.k": [2, 4]}}, max_concurrent_trials=2)'
+    path, storage = write_study(tmp_path, "quick", body), tmp_path / "runs"
+    run = subprocess.run(cli("study", "run", str(path), "--storage", str(storage)), capture_output=True, text=True,
+                         timeout=600, umask=0o022)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    printed = run.stdout + run.stderr
+    assert len(printed.splitlines()) < 40, printed
+    assert [noise for noise in NOISE if noise in printed] == []
+    assert printed.count(") started |") == 2 and printed.count(") finished: best valid.mrr") == 2
+    folder = storage / "quick"
+    assert f"log: {folder / 'console.log'}" in run.stderr and f"tensorboard --logdir {folder}" in run.stdout
+    log = (folder / "console.log").read_text()
+    assert "(RayTrainWorker pid=" in log and "TrainingReport" in log  # Ray's output kept, in the log file
+    assert "Node status" not in log  # not the autoscaler's status every few seconds, only its events
+    for trial in folder.glob("run_trial_*"):  # Tune's TensorBoard events, one file per trial
+        assert len(read_scalars(trial)["ray/tune/valid.mrr"]) >= 2
+    for name in ("quick.parquet", "quick.csv", "study.json", "console.log"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644, name
