@@ -178,7 +178,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kon-ray", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="everything on the terminal: debug logging, Ray's output")
+    parser.add_argument("-v", "--verbose", action="store_true", help="everything on the terminal: debug lines, Ray's output")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train K-ON and evaluate it (filtered ranking)")

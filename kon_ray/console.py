@@ -37,7 +37,7 @@ class Live:
 
     def show(self, lines: list[str]) -> None:
         self.lines = lines
-        self._erase()
+        self.erase()
         width = shutil.get_terminal_size().columns - 1  # a line that wraps would break the redraw
         rows = shutil.get_terminal_size().lines - 1
         shown = lines if len(lines) <= rows else [*lines[: rows - 1], f"... {len(lines) - rows + 1} more"]
@@ -45,17 +45,24 @@ class Live:
         self.stream.flush()
         self.height = len(shown)
 
-    def _erase(self) -> None:
+    def erase(self) -> None:
         if self.height:
             self.stream.write(f"\x1b[{self.height}F\x1b[J")  # up to the block's first line, clear below
         self.height = 0
 
-    def __enter__(self) -> Live:
+    def start(self) -> None:
+        """From now on, log lines on the terminal print above the block."""
         _console.live = self
+
+    def stop(self) -> None:
+        _console.live = None  # the last block stays on the screen
+
+    def __enter__(self) -> Live:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _console.live = None  # the last table stays on the screen
+        self.stop()
 
 
 @dataclass
@@ -78,7 +85,7 @@ class _Terminal(logging.StreamHandler):  # type: ignore[type-arg]
         self.setStream(sys.stderr)
         live = _console.live
         if live is not None and live.height:
-            live._erase()
+            live.erase()
             super().emit(record)
             live.show(live.lines)
         else:

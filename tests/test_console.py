@@ -40,7 +40,9 @@ def library_logger(name: str) -> logging.Logger:
     return logger
 
 
-def test_terminal_shows_kon_ray_lines_the_log_file_everything(logs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_terminal_shows_kon_ray_lines_the_log_file_everything(
+    logs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     logging.getLogger("kon_ray.studies").info("trial 1 finished")
     logging.getLogger("kon_ray.training.fit").info("step 10: valid MRR 0.1", extra=FILE_ONLY)
     logging.getLogger("ray.tune").warning("PreemptionWatcher has constructor arguments")
@@ -50,7 +52,7 @@ def test_terminal_shows_kon_ray_lines_the_log_file_everything(logs: Path, capsys
     assert out == ""
     assert [line.split(": ", 1)[1] for line in err.splitlines()] == ["trial 1 finished"]
     text = logs.read_text()
-    for line in ("trial 1 finished", "step 10: valid MRR 0.1", "PreemptionWatcher", "Setting accelerator to CPU"):
+    for line in ("trial 1 finished", "step 10: valid MRR 0.1", "PreemptionWatcher", "Setting accelerator"):
         assert line in text
     assert "a debug line" not in text
 
@@ -65,14 +67,17 @@ def test_verbose_shows_everything(logs: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_ray_process_output_goes_to_the_log_file(logs: Path) -> None:
-    console._log_ray_output({"pid": 12, "actor_name": "RayTrainWorker", "lines": ["Reporting training result 1: TrainingReport("]})
-    console._log_ray_output({"pid": "raylet", "lines": ["WARNING: 8 PYTHON worker processes have been started"]})
+    report = "Reporting training result 1: TrainingReport("
+    console._log_ray_output({"pid": 12, "actor_name": "RayTrainWorker", "lines": [report]})
+    console._log_ray_output({"pid": "raylet", "lines": ["WARNING: 8 PYTHON worker processes have started"]})
     text = logs.read_text()
     assert "(RayTrainWorker pid=12) Reporting training result 1: TrainingReport(" in text
-    assert "(raylet) WARNING: 8 PYTHON worker processes" in text
+    assert "(raylet) WARNING: 8 PYTHON worker processes have started" in text
 
 
-def test_live_block_is_redrawn_in_place_below_log_lines(logs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_live_block_is_redrawn_in_place_below_log_lines(
+    logs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     screen = io.StringIO()
     with Live(screen) as live:
         live.show(["a", "b"])
@@ -94,7 +99,8 @@ def rows() -> list[TrialRow]:
 def test_trial_table_columns() -> None:
     lines = trial_table("quick", "valid.mrr", "max", 4, rows(), 61.0)
     assert lines[0] == "quick  1:01  1/4 done, 1 running, 0 failed, 0 pruned"
-    assert lines[1].split() == ["trial", "model.k", "seed", "status", "progress", "valid.mrr", "best", "elapsed"]
+    header = ["trial", "model.k", "seed", "status", "progress", "valid.mrr", "best", "elapsed"]
+    assert lines[1].split() == header
     assert lines[2].split() == ["a_00000", "2", "0", "done", "100%", "0.2101", "0.2500", "1:15"]
     assert lines[3].split() == ["a_00001", "8", "0", "running", "47%", "0.1000", "0.3000", "1:02:05"]
     assert lines[4].split() == ["a_00002", "16", "0", "pending", "-", "-", "-", "0:00"]
@@ -111,10 +117,14 @@ def test_event_line_names_the_trial_counts_and_best() -> None:
     assert low.startswith("quick: trial a_00002 (model.k=16, seed=0) started |") and "(trial a_00000)" in low
 
 
-def test_progress_prints_a_line_per_trial_event_without_a_terminal(logs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_prints_a_line_per_trial_event_without_a_terminal(
+    logs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from kon_ray.studies.callbacks import Progress
 
-    trial = SimpleNamespace(trial_id="t_0", config={"model.k": 2}, status="RUNNING", last_result={}, metric_analysis={})
+    trial = SimpleNamespace(
+        trial_id="t_0", config={"model.k": 2}, status="RUNNING", last_result={}, metric_analysis={}
+    )
     progress = Progress("quick", "valid.mrr", "max", 1)
     progress.setup()
     progress.on_trial_start(0, [trial], trial)
@@ -125,12 +135,13 @@ def test_progress_prints_a_line_per_trial_event_without_a_terminal(logs: Path, c
     progress.on_trial_complete(0, [trial], trial)
     progress.on_experiment_end([trial])
     lines = [line.split(": ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    best = "best valid.mrr 0.2000"
     assert lines == [
         "quick: trial t_0 (model.k=2) started | 0/1 done, 1 running, 0 failed, 0 pruned",
-        "quick: trial t_0 (model.k=2) finished: best valid.mrr 0.2000 in 0:30 | 1/1 done, 0 running, 0 failed, 0 pruned; "
-        "best valid.mrr 0.2000 (trial t_0)",
-        "quick: trial t_0 (model.k=2) pruned: best valid.mrr 0.2000 in 0:30 | 0/1 done, 0 running, 0 failed, 1 pruned; "
-        "best valid.mrr 0.2000 (trial t_0)",
+        f"quick: trial t_0 (model.k=2) finished: {best} in 0:30 | 1/1 done, 0 running, 0 failed, 0 pruned; "
+        f"{best} (trial t_0)",
+        f"quick: trial t_0 (model.k=2) pruned: {best} in 0:30 | 0/1 done, 0 running, 0 failed, 1 pruned; "
+        f"{best} (trial t_0)",
     ]
 
 
@@ -146,8 +157,10 @@ def test_monitor_writes_tensorboard_scalars(tmp_path: Path) -> None:
     assert scalar_tag("train.loss") == "train/loss" and scalar_tag("queries_per_s") == "queries_per_s"
 
 
-NOISE = ("TrainingReport", "Checkpoint successfully created", "Setting accelerator to CPU", "PreemptionWatcher",
-         "worker processes have been started", "Configuration for experiment")  # fmt: skip
+NOISE = (
+    "TrainingReport", "Checkpoint successfully created", "Setting accelerator to CPU", "PreemptionWatcher",
+    "worker processes have been started", "Configuration for experiment",
+)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -157,10 +170,11 @@ def test_a_study_prints_a_few_lines_and_logs_the_rest(tiny_kg: Path, tmp_path: P
 
     from tests.test_studies import cli, tiny_base, write_study
 
-    body = f'study = Study(name="quick", base={tiny_base(tiny_kg)!r}, grid={{"model.k": [2, 4]}}, max_concurrent_trials=2)'
+    grid = '{"model.k": [2, 4]}'
+    body = f'study = Study(name="quick", base={tiny_base(tiny_kg)!r}, grid={grid}, max_concurrent_trials=2)'
     path, storage = write_study(tmp_path, "quick", body), tmp_path / "runs"
-    run = subprocess.run(cli("study", "run", str(path), "--storage", str(storage)), capture_output=True, text=True,
-                         timeout=600, umask=0o022)  # fmt: skip
+    command = cli("study", "run", str(path), "--storage", str(storage))
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, umask=0o022)
     assert run.returncode == 0, run.stderr[-2000:]
     printed = run.stdout + run.stderr
     assert len(printed.splitlines()) < 40, printed

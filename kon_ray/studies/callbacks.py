@@ -47,13 +47,15 @@ class Progress(Callback):
         self.begun, self.drawn = time.monotonic(), 0.0
         self.live = Live(sys.stdout) if sys.stdout.isatty() and not console.verbose() else None
         if self.live is not None:
-            self.live.__enter__()
+            self.live.start()
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.started[trial.trial_id] = time.monotonic()
         self._event(trials, trial, "started", "RUNNING")
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
         if self.metric in result:
             self.latest[trial.trial_id] = result[self.metric]
         if "progress" in result:
@@ -76,7 +78,7 @@ class Progress(Callback):
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         if self.live is not None:
             self._draw(self._rows(trials))
-            self.live.__exit__()
+            self.live.stop()
 
     def _rows(self, trials: list[Any], current: Any = None, status: str | None = None) -> list[TrialRow]:
         """Each trial's row; ``current``'s status is ``status`` (Tune updates it after the callbacks)."""
@@ -85,6 +87,7 @@ class Progress(Callback):
         for t in trials:
             state = status if t is current else trial_status(t.status, t.last_result)
             running = state == "RUNNING" and t.trial_id in self.started
+            elapsed = now - self.started[t.trial_id] if running else t.last_result.get("time_total_s", 0.0)
             rows.append(TrialRow(
                 trial_id=t.trial_id,
                 settings=dict(t.config),
@@ -92,7 +95,7 @@ class Progress(Callback):
                 progress=self.progress.get(t.trial_id),
                 latest=self.latest.get(t.trial_id),
                 best=t.metric_analysis.get(self.metric, {}).get(self.mode),
-                elapsed_s=now - self.started[t.trial_id] if running else t.last_result.get("time_total_s", 0.0),
+                elapsed_s=elapsed,
             ))  # fmt: skip
         return rows
 
@@ -106,5 +109,6 @@ class Progress(Callback):
     def _draw(self, rows: list[TrialRow]) -> None:
         if self.live is None:
             return
-        self.live.show(trial_table(self.study, self.metric, self.mode, self.total, rows, time.monotonic() - self.begun))
+        elapsed = time.monotonic() - self.begun
+        self.live.show(trial_table(self.study, self.metric, self.mode, self.total, rows, elapsed))
         self.drawn = time.monotonic()

@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SHOWN_STATUS = {"TERMINATED": "done", "PRUNED": "pruned", "ERROR": "failed", "RUNNING": "running", "PENDING": "pending"}
+SHOWN_STATUS = {
+    "TERMINATED": "done", "PRUNED": "pruned", "ERROR": "failed", "RUNNING": "running", "PENDING": "pending",
+}
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
     return (max if mode == "max" else min)(scored, key=lambda r: r.best)
 
 
-def trial_table(study: str, metric: str, mode: str, total: int, rows: list[TrialRow], elapsed_s: float) -> list[str]:
+def trial_table(
+    study: str, metric: str, mode: str, total: int, rows: list[TrialRow], elapsed_s: float
+) -> list[str]:
     """The live table: a summary line, then one line per trial, columns aligned."""
     lines = [f"{study}  {_clock(elapsed_s)}  {counts_text(rows, total)}"]
     keys = list(dict.fromkeys(key for row in rows for key in row.settings))
@@ -81,11 +85,14 @@ def trial_table(study: str, metric: str, mode: str, total: int, rows: list[Trial
         for row in rows
     ]
     widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip() for cells in [header, *body]]
+    for cells in [header, *body]:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip())
     return lines
 
 
-def event_line(study: str, metric: str, mode: str, total: int, rows: list[TrialRow], row: TrialRow, event: str) -> str:
+def event_line(
+    study: str, metric: str, mode: str, total: int, rows: list[TrialRow], row: TrialRow, event: str
+) -> str:
     """One line for one trial event, with the study's counts and its best trial so far."""
     what = f"trial {row.trial_id} ({settings_text(row.settings)}) {event}"
     if event != "started" and row.best is not None:
