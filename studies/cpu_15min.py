@@ -1,4 +1,4 @@
-"""15 minutes of training on 2 CPU cores: the default and the precision and micro-batch settings it was chosen from.
+"""15 minutes of training on 2 CPU cores: the default, and the precision and micro-batch settings it beat.
 
 The figures are in results/db15k-15min.csv (docs/results.md). One trial at a time, so that each
 has both cores; a time budget makes the result follow the host's speed.
