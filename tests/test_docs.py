@@ -30,6 +30,7 @@ NOT_YET_WRITTEN = {
     "docs/cluster.md",
     "docs/configuration.md",
     "docs/data.md",
+    "docs/defaults.md",
     "docs/monitoring.md",
     "docs/using-a-run.md",
     "CONTRIBUTING.md",
