@@ -14,6 +14,7 @@ A quoted number matches an artifact's number when they are equal at the quoted p
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -61,8 +62,19 @@ def matches(quoted: tuple[float, int, str], held: list[tuple[float, int, str]]) 
 
 
 def artifact_rows(path: Path) -> list[list[tuple[float, int, str]]]:
+    """The numbers of each row of a CSV (header left out); a JSON record is one row of all its values."""
+    if path.suffix == ".json":
+        return [numbers(" ".join(map(str, leaves(json.loads(path.read_text())))))]
     with path.open(newline="") as f:
         return [[n for cell in row for n in numbers(cell)] for row in list(csv.reader(f))[1:]]
+
+
+def leaves(value: object) -> list[object]:
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in leaves(item)]
+    return [value]
 
 
 def results_target(doc: Path, target: str) -> Path | None:
@@ -145,13 +157,16 @@ def test_every_decimal_figure_is_tied_to_an_artifact(doc: Path) -> None:
 
 
 def test_artifacts_name_their_command() -> None:
+    """Each CSV row names its command (an exported study table: its study file) and its commit."""
     for path in sorted((ROOT / "results").glob("*.csv")):
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
         assert rows, f"{path.name}: no rows"
         for no, row in enumerate(rows, start=2):
-            assert (row.get("command") or "").startswith("kon-ray "), f"{path.name}:{no}: no kon-ray command"
-            commit = row.get("recorded_in") or row.get("measured_at") or ""
+            study = ROOT / "studies" / f"{row.get('study')}.py"
+            command = row.get("command") or (f"kon-ray study run {study}" if study.is_file() else "")
+            assert command.startswith("kon-ray "), f"{path.name}:{no}: no kon-ray command and no study file"
+            commit = row.get("recorded_in") or row.get("measured_at") or row.get("git_commit") or ""
             assert re.fullmatch(r"[0-9a-f]{7,40}", commit), f"{path.name}:{no}: no commit it was measured at"
 
 
@@ -188,3 +203,10 @@ def test_the_matching_rule() -> None:
     assert not matches(numbers("0.10970")[0], held), "a quote more precise than its artifact"
     written = numbers("float32, `lr=3e-3`, 1e-4, [1.5M](x.csv) and 88% of 1,185 at 1,727x.")
     assert [n[2] for n in written] == ["1.5M", "88", "1,185", "1,727"]
+
+
+def test_a_json_record_is_one_row(tmp_path: Path) -> None:
+    record = tmp_path / "bench.json"
+    record.write_text(json.dumps({"figures": {"step_ms": [270.4, 331.0]}, "checks": [{"ratio": 1.48}]}))
+    (row,) = artifact_rows(record)
+    assert all(matches(numbers(q)[0], row) for q in ("270", "331.0", "1.48")) and not matches(numbers("1.4")[0], row)
