@@ -1,6 +1,6 @@
 """The docs quote only what their artifacts hold, and their links resolve.
 
-A figure is tied to its artifact, a CSV under ``results/``, in one of two ways:
+A figure is tied to its artifact, a CSV or JSON file in ``results/``, in one of two ways:
 
 - a link whose text holds numbers, e.g. ``[0.114](../results/db15k-15min.csv)``: each number is
   in some row of that file;
@@ -84,25 +84,12 @@ def results_target(doc: Path, target: str) -> Path | None:
 
 def tables(text: str) -> list[tuple[str, list[str]]]:
     """(the paragraph before it, its body rows) for each markdown table."""
-    found, lines = [], text.splitlines()
-    i = 0
-    while i < len(lines):
-        if lines[i].startswith("|") and i + 1 < len(lines) and set(lines[i + 1]) <= set("|-: "):
-            start, i = i, i + 2
-            body = []
-            while i < len(lines) and lines[i].startswith("|"):
-                body.append(lines[i])
-                i += 1
-            before = []
-            j = start - 1
-            while j >= 0 and not lines[j].strip():
-                j -= 1
-            while j >= 0 and lines[j].strip():
-                before.insert(0, lines[j])
-                j -= 1
-            found.append(("\n".join(before), body))
-        else:
-            i += 1
+    blocks = re.split(r"\n\s*\n", text)
+    found = []
+    for before, block in zip(["", *blocks], blocks, strict=False):
+        lines = block.splitlines()
+        if len(lines) >= 2 and lines[0].startswith("|") and set(lines[1]) <= set("|-: "):
+            found.append((before, [line for line in lines[2:] if line.startswith("|")]))
     return found
 
 
