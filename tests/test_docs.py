@@ -197,3 +197,17 @@ def test_a_json_record_is_one_row(tmp_path: Path) -> None:
     record.write_text(json.dumps({"figures": {"step_ms": [270.4, 331.0]}, "checks": [{"ratio": 1.48}]}))
     (row,) = artifact_rows(record)
     assert all(matches(numbers(q)[0], row) for q in ("270", "331.0", "1.48")) and not matches(numbers("1.4")[0], row)
+
+
+def test_readme_tsv_example_loads(tmp_path: Path) -> None:
+    from kon_ray.data import load_kg
+
+    block = re.search(r"\*\*TSV labels\*\*.*?```text\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert block, "README.md: no TSV labels example"
+    for line in block.group(1).splitlines():  # file:line, as grep prints them
+        name, _, content = line.partition(":")
+        with (tmp_path / name).open("a") as f:
+            f.write(content + "\n")
+    kg = load_kg(str(tmp_path))
+    assert (len(kg.train), len(kg.valid), len(kg.test)) == (3, 1, 1)
+    assert kg.entity_names[:2] == ("Barack Obama", "Michelle Obama") and "place of birth" in kg.relation_names
