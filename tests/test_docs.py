@@ -202,7 +202,8 @@ def test_a_json_record_is_one_row(tmp_path: Path) -> None:
 def test_readme_tsv_example_loads(tmp_path: Path) -> None:
     from kon_ray.data import load_kg
 
-    block = re.search(r"\*\*TSV labels\*\*.*?```text\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"\*\*TSV labels\*\*.*?```text\n(.*?)```", readme, re.DOTALL)
     assert block, "README.md: no TSV labels example"
     for line in block.group(1).splitlines():  # file:line, as grep prints them
         name, _, content = line.partition(":")
