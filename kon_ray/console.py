@@ -82,7 +82,7 @@ class _Terminal(logging.StreamHandler):  # type: ignore[type-arg]
     """stderr as it is when a record comes (pytest swaps it), below which a live block is redrawn."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
+        self.stream = sys.stderr  # not setStream: it flushes the old one, which may be closed
         live = _console.live
         if live is not None and live.height:
             live.erase()
