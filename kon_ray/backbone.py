@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +61,55 @@ def load_tokenizer(config: ModelConfig, kg: KnowledgeGraph, template: str) -> Pr
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = 0  # the published code pads entity tokens with id 0
     return tokenizer
+
+
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    """The tokenizer's name (for the reader) and a hash of what it does: its vocabulary, merges,
+    normalisation and special tokens, whatever folder it was loaded from."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)  # set and reset by each call with padding or truncation
+        spec.pop("padding", None)
+    else:
+        spec = sorted(tokenizer.get_vocab().items())
+    text = json.dumps(
+        {"backend": spec, "special": tokenizer.special_tokens_map, "pad": tokenizer.pad_token_id},
+        sort_keys=True,
+        default=str,
+    )
+    return {"name": str(tokenizer.name_or_path), "hash": hashlib.sha256(text.encode()).hexdigest()}
+
+
+# Files of a saved Hugging Face model that decide its weights and architecture.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+
+
+def backbone_identity(config: ModelConfig) -> dict[str, str]:
+    """The backbone's name and a hash of its config and weight files; for the embedded backbone,
+    of its config (its initial weights follow from the config and the seed)."""
+    if config.backbone == EMBEDDED:
+        text = json.dumps(dataclasses.asdict(config.embedded), sort_keys=True)
+        return {"name": EMBEDDED, "hash": hashlib.sha256(text.encode()).hexdigest()}
+    folder = _model_folder(config.backbone)
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+        if "tokenizer" in path.name or path.name == "special_tokens_map.json":
+            continue  # the tokenizer has its own identity
+        h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return {"name": config.backbone, "hash": h.hexdigest()}
+
+
+def _model_folder(backbone: str) -> Path:
+    """A local model folder, or a Hub id's snapshot in the local Hugging Face cache."""
+    if Path(backbone).is_dir():
+        return Path(backbone)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(backbone, local_files_only=True))
 
 
 def load_backbone(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from kon_ray import checkpoint
-from kon_ray.checkpoint import LoopState
+from kon_ray.checkpoint import MODEL_DIR, LoopState, RunIdentity
 from kon_ray.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
@@ -220,9 +220,12 @@ def worker(loop: dict[str, Any]) -> None:
     if device.type == "cpu" and config.train.threads is None:
         torch.set_num_threads(max(1, int(config.train.cpus_per_worker or 1)))
 
-    def on_eval(engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None) -> None:
+    def on_checkpoint(
+        engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None,
+        identity: RunIdentity,
+    ) -> None:
         with tempfile.TemporaryDirectory() as folder:
-            checkpoint.save(Path(folder), engine, state, best, world.rank, loop["config"])
+            checkpoint.save(Path(folder), engine, state, best, world.rank, loop["config"], identity)
             saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(dict(record), checkpoint=saved)
 
@@ -230,11 +233,12 @@ def worker(loop: dict[str, Any]) -> None:
         resume = _restore(ray.train.get_checkpoint(), Path(local))
         if resume is not None and (resume / "metrics.json").exists():
             return  # finished before the restart: nothing left to do
-        metrics, table = train_and_test(config, world, on_eval, resume, device)
+        outcome = train_and_test(config, world, on_checkpoint, resume, device)
+    metrics = outcome.metrics
     metrics["nodes"] = world.gather(ray.get_runtime_context().get_node_id())  # each rank's Ray node
     with tempfile.TemporaryDirectory() as folder:
         if world.rank == 0:
-            write_results(Path(folder), metrics, table)
+            write_results(Path(folder), outcome)
         final = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         saved = ray.train.Checkpoint.from_directory(folder) if world.rank == 0 else None
         ray.train.report({**final, "final": 1}, checkpoint=saved)
@@ -288,7 +292,7 @@ def launch(
     name: str | None = None,
     max_failures: int = 0,
 ) -> dict[str, Any]:
-    """Run ``config`` on Ray Train workers; copy ``metrics.json`` and ``ranks.parquet`` into ``out``.
+    """Run ``config`` on Ray Train workers; copy ``metrics.json``, ``ranks.parquet`` and ``model/`` into ``out``.
 
     ``storage`` (a folder, or s3://... on a cluster) and ``name`` locate the run's checkpoints:
     launching again with the same two resumes from the latest checkpoint.
@@ -311,4 +315,6 @@ def launch(
     with result.checkpoint.as_directory() as folder:
         for file in RESULT_FILES:
             shutil.copyfile(Path(folder) / file, out / file)
+        shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
+        shutil.copytree(Path(folder) / MODEL_DIR, out / MODEL_DIR)
     return json.loads((out / "metrics.json").read_text())
