@@ -48,6 +48,11 @@ def test_two_workers_zero2_match_one_worker(
     for key in ("queries_per_s", "valid.mrr", "train.loss", "lr"):
         assert key in two["history"][-1]
     assert two["trainable_params"] > 0 and two["step_time_s"] > 0
+    from kon_ray.saved_run import load_run
+    from kon_ray.training import evaluate
+
+    saved = load_run(tmp_path / "two")  # the run folder keeps the best weights and the tokenizer
+    assert evaluate(saved.setup, "test", None)[0]["mrr"] == pytest.approx(two["test.mrr"], abs=1e-9)
 
 
 @pytest.mark.slow
