@@ -88,7 +88,8 @@ class RunIdentity:
         for what in ("tokenizer", "backbone"):
             old, new = getattr(saved, what), getattr(self, what)
             if old["hash"] != new["hash"]:
-                out.append(f"{what} {old['name']} (hash {old['hash'][:16]}) -> {new['name']} (hash {new['hash'][:16]})")
+                before = f"{old['name']} (hash {old['hash'][:16]})"
+                out.append(f"{what} {before} -> {new['name']} (hash {new['hash'][:16]})")
         return out
 
 
@@ -253,7 +254,9 @@ def latest_complete(root: Path) -> Path | None:
             return folder
         problems.append(found)
     if problems:
-        raise ConfigError(f"{problems[0]}; no earlier complete checkpoint to resume from (remove {root} to start over)")
+        raise ConfigError(
+            f"{problems[0]}; no earlier complete checkpoint to resume from (remove {root} to start over)"
+        )
     return None
 
 
@@ -272,10 +275,14 @@ def check_same_run(folder: Path, config: dict[str, Any], identity: RunIdentity) 
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed[:5])
         raise ConfigError(f"{folder} was written by a run with other settings ({details}); use another output folder")
     if "identity" not in saved:
-        raise ConfigError(f"{folder / 'state.json'}: no run identity (written by an older kon-ray); use another output folder")
+        raise ConfigError(
+            f"{folder / 'state.json'}: no run identity (an older kon-ray wrote it); use another output folder"
+        )
     differences = identity.differences(RunIdentity.from_dict(saved["identity"]))
     if differences:
-        raise ConfigError(f"{folder} was written by another run ({'; '.join(differences)}); use another output folder")
+        raise ConfigError(
+            f"{folder} was written by another run ({'; '.join(differences)}); use another output folder"
+        )
     for line in provenance_changes(saved.get("provenance", {}), provenance()):
         log.warning("resuming %s: %s", folder, line)
 

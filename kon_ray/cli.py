@@ -196,7 +196,8 @@ def _predict(args: argparse.Namespace) -> None:
     for i, (entity, relation, direction) in enumerate(queries):
         anchor = resolve(entity, s.kg.entity_names, "entity")
         rel = resolve(relation, s.kg.relation_names, "relation")
-        print(("\n" if i else "") + answer_text(s, anchor, rel, direction, ask(s, anchor, rel, direction, args.top), args.top))
+        answers = ask(s, anchor, rel, direction, args.top)
+        print(("\n" if i else "") + answer_text(s, anchor, rel, direction, answers, args.top))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -282,13 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("entity", nargs="?", help="the given entity: its name, or its id as 12 or #12")
     predict.add_argument("relation", nargs="?", help="the relation: its name or id")
     predict.add_argument("--head", action="store_true", help="ask for the head: (?, RELATION, ENTITY)")
-    predict.add_argument("--top", type=int, default=10, help="answers shown, and any tied with the last (default 10)")
+    predict.add_argument("--top", type=int, default=10, help="answers shown, and those tied with the last")
     predict.add_argument("--queries", help="a file of 'entity<TAB>relation[<TAB>head|tail]' lines")
     predict.set_defaults(func=_predict)
     evaluate = commands.add_parser("evaluate", help="re-rank a trained run without training")
     evaluate.add_argument("run", help=run_help)
-    evaluate.add_argument("overrides", nargs="*", help="eval.* or data.*_limit settings, e.g. eval.ties=optimistic")
-    evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="the split to rank (default test)")
+    evaluate.add_argument("overrides", nargs="*", help="eval.* or data.*_limit, e.g. eval.ties=optimistic")
+    evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="the split to rank")
     evaluate.set_defaults(func=_evaluate)
 
     from kon_ray.bench import BENCHMARKS  # a light import: each benchmark loads when it runs
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides += extra  # key=value settings after an option: evaluate RUN --split valid eval.ties=...
+        args.overrides += extra  # settings after an option: evaluate RUN --split valid eval.ties=...
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(

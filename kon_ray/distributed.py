@@ -292,7 +292,7 @@ def launch(
     name: str | None = None,
     max_failures: int = 0,
 ) -> dict[str, Any]:
-    """Run ``config`` on Ray Train workers; copy ``metrics.json``, ``ranks.parquet`` and ``model/`` into ``out``.
+    """Run ``config`` on Ray Train workers; copy ``metrics.json``, ``ranks.parquet``, ``model/`` into ``out``.
 
     ``storage`` (a folder, or s3://... on a cluster) and ``name`` locate the run's checkpoints:
     launching again with the same two resumes from the latest checkpoint.

@@ -48,7 +48,10 @@ def resolve(text: str, names: Sequence[str], what: str) -> int:
         return matches[0]
     if matches:
         ids = ", ".join(f"#{i}" for i in matches[:10])
-        raise ConfigError(f"{what} {text!r} is ambiguous: {len(matches)} share that name ({ids}); give one id, e.g. '#{matches[0]}'")
+        raise ConfigError(
+            f"{what} {text!r} is ambiguous: {len(matches)} share that name ({ids}); "
+            f"give one id, e.g. '#{matches[0]}'"
+        )
     close = difflib.get_close_matches(text, list(dict.fromkeys(names)), n=5, cutoff=0.5)
     hint = f"closest: {', '.join(repr(c) for c in close)}" if close else "no name is close"
     raise ConfigError(f"no {what} named {text!r} among the {len(names)} of the KG; {hint}")
@@ -93,7 +96,8 @@ def answer_text(s: Setup, anchor: int, relation: int, direction: int, answers: l
     width = max(len(label(a.entity)) for a in answers)
     lines.append(f"{'rank':>5}  {'score':>9}  {'entity':<{width}}  in training")
     for a in answers:
-        lines.append(f"{a.rank:>5}  {a.score:>9.4f}  {label(a.entity):<{width}}  {'known' if a.known else ''}".rstrip())
+        known = "known" if a.known else ""
+        lines.append(f"{a.rank:>5}  {a.score:>9.4f}  {label(a.entity):<{width}}  {known}".rstrip())
     return "\n".join(lines)
 
 
@@ -106,7 +110,9 @@ def read_queries(path: Path) -> list[tuple[str, str, int]]:
             continue
         fields = [f.strip() for f in line.split("\t")]
         if len(fields) not in (2, 3) or (len(fields) == 3 and fields[2] not in ("head", "tail")):
-            raise ConfigError(f"{path}, line {no}: expected 'entity<TAB>relation[<TAB>head|tail]', got {line!r}")
+            raise ConfigError(
+                f"{path}, line {no}: expected 'entity<TAB>relation[<TAB>head|tail]', got {line!r}"
+            )
         out.append((fields[0], fields[1], HEAD if len(fields) == 3 and fields[2] == "head" else TAIL))
     return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,9 @@ def model_folder(target: str | Path) -> Path:
         finished = sorted(p for p in train.glob(f"checkpoint_*/{MODEL_DIR}") if (p / MODEL_RECORD).is_file())
         if finished:
             return finished[-1]
-        raise ConfigError(f"{target}: the trial's run {train} has not finished (no checkpoint holds {MODEL_DIR}/)")
+        raise ConfigError(
+            f"{target}: the trial's run {train} has not finished (no checkpoint holds {MODEL_DIR}/)"
+        )
     raise ConfigError(
         f"{target}: not a run folder (no {MODEL_DIR}/{MODEL_RECORD}) nor a study trial "
         f"(<study folder>/<trial id>, its Tune folder, or <study folder>/train/train-<trial id>)"
@@ -74,7 +77,9 @@ def _train_run(path: Path) -> Path | None:
     return None
 
 
-def load_run(target: str | Path, overrides: list[str] = [], device: torch.device | None = None) -> SavedRun:  # noqa: B006
+def load_run(
+    target: str | Path, overrides: Sequence[str] = (), device: torch.device | None = None
+) -> SavedRun:
     """Rebuild the run in ``target`` with its best weights; ``overrides`` may change only how it is
     ranked (``eval.*``, ``data.valid_limit``, ``data.test_limit``, ``data.valid_unseen``)."""
     from transformers import AutoTokenizer
@@ -86,7 +91,7 @@ def load_run(target: str | Path, overrides: list[str] = [], device: torch.device
         if not item.startswith(RERANK_KEYS):
             allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RERANK_KEYS)
             raise ConfigError(f"{item}: a saved run is ranked as it was trained; only {allowed} may change")
-    config = apply_overrides(config, overrides)
+    config = apply_overrides(config, list(overrides))
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = 0  # as kon_ray.backbone.load_tokenizer
@@ -115,16 +120,19 @@ def export(run: SavedRun, out: Path) -> list[Path]:
     pretrained = s.config.model.backbone != EMBEDDED
     if s.config.model.tuning == "lora" and pretrained:
         weights = out / "adapter"
-        model.backbone.save_pretrained(str(weights), save_embedding_layers=False)  # frozen, as the base has them
+        # LoRA on the embeddings trains no embedding weight: the base's own stay out of the adapter.
+        model.backbone.save_pretrained(str(weights), save_embedding_layers=False)
         _absolute_base(weights / "adapter_config.json", s.config.model.backbone)
     else:
         weights = out / "model"
-        base = model.backbone.merge_and_unload() if hasattr(model.backbone, "merge_and_unload") else model.base
+        merge = getattr(model.backbone, "merge_and_unload", None)  # LoRA on the embedded backbone
+        base = merge() if merge is not None else model.base
         base.save_pretrained(str(weights))
     s.tokenizer.save_pretrained(str(out / "tokenizer"))
     heads = {name: value.detach().cpu().contiguous() for name, value in model.kon.state_dict().items()}
     save_file(heads, str(out / "kon_heads.safetensors"))
-    save_file({"tokens": s.encoded.entity_tokens, "mask": s.encoded.entity_mask}, str(out / "entities.safetensors"))
+    table = {"tokens": s.encoded.entity_tokens, "mask": s.encoded.entity_mask}
+    save_file(table, str(out / "entities.safetensors"))
     write_atomic(out / "entities.txt", ("\n".join(s.kg.entity_names) + "\n").encode())
     write_atomic(out / "relations.txt", ("\n".join(s.kg.relation_names) + "\n").encode())
     vocab, dim = model.output_weight.shape
@@ -142,7 +150,8 @@ def export(run: SavedRun, out: Path) -> list[Path]:
         "entities": s.kg.num_entities,
         "score": "log p^e of eq. 11 (model.score_space='probability') or a logit score ('logit')",
     })  # fmt: skip
-    names = ("tokenizer", "kon_heads.safetensors", "entities.safetensors", "entities.txt", "relations.txt", EXPORT_RECORD)
+    names = ("tokenizer", "kon_heads.safetensors", "entities.safetensors", "entities.txt", "relations.txt",
+             EXPORT_RECORD)  # fmt: skip
     return [weights, *(out / name for name in names)]
 
 

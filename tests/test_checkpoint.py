@@ -160,8 +160,10 @@ def test_another_tokenizer_or_backbone_is_refused(tmp_path: Path, what: str, cha
 def test_other_code_or_library_versions_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = tiny_config(tmp_path).to_dict()
     now = provenance()
-    old = {**now, "git": {"commit": "0" * 40, "dirty": False}, "versions": {**now["versions"], "torch": "1.0"}}
-    (tmp_path / "state.json").write_text(json.dumps({"config": config, "identity": vars(identity()), "provenance": old}))
+    versions = {**now["versions"], "torch": "1.0"}
+    old = {**now, "git": {"commit": "0" * 40, "dirty": False}, "versions": versions}
+    state = {"config": config, "identity": vars(identity()), "provenance": old}
+    (tmp_path / "state.json").write_text(json.dumps(state))
     with caplog.at_level(logging.WARNING, logger="kon_ray.checkpoint"):
         checkpoint.check_same_run(tmp_path, config, identity())
     messages = " ".join(r.getMessage() for r in caplog.records)

@@ -42,7 +42,8 @@ out, ranks = Path(sys.argv[1]), pd.read_parquet(sys.argv[2])
 kon = json.loads((out / "kon.json").read_text())
 if kon["weights"] == "adapter":
     from peft import PeftModel
-    backbone = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(kon["backbone"]), out / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(kon["backbone"])
+    backbone = PeftModel.from_pretrained(base, out / "adapter")
 else:
     backbone = AutoModelForCausalLM.from_pretrained(out / "model")
 heads = KON(RunConfig.from_dict({"model": kon["model"]}).model, kon["hidden_size"], kon["vocab_size"])
@@ -58,7 +59,8 @@ with torch.no_grad():
         template = kon["prompt"]["tail" if row.direction == 0 else "head"]
         text = template.format(entity=entities[row.anchor], relation=relations[row.relation])
         ids = torch.tensor([tokenizer(text)["input_ids"]])
-        batch = Batch(input_ids=ids, attention_mask=torch.ones_like(ids), last=torch.tensor([ids.shape[1] - 1]))
+        last = torch.tensor([ids.shape[1] - 1])
+        batch = Batch(input_ids=ids, attention_mask=torch.ones_like(ids), last=last)
         scores.append(model.scores_all(batch, table["tokens"], table["mask"])[0, row.target].item())
 print(json.dumps(scores))
 """
@@ -106,7 +108,7 @@ def test_a_saved_run_on_changed_data_is_refused(tiny_kg: Path, tmp_path: Path) -
         load_run(tmp_path / "run")
 
 
-def test_embedded_export_loads_in_a_fresh_process_with_the_run_s_scores(trained: Path, tmp_path: Path) -> None:
+def test_embedded_export_loads_in_a_fresh_process_with_the_run_scores(trained: Path, tmp_path: Path) -> None:
     export(load_run(trained), tmp_path / "export")
     assert (tmp_path / "export" / "model" / "config.json").is_file()
     ranks = pd.read_parquet(trained / "ranks.parquet").head(12)
@@ -118,15 +120,17 @@ def test_embedded_export_loads_in_a_fresh_process_with_the_run_s_scores(trained:
 def test_lora_export_loads_with_peft_on_the_base_with_the_run_s_scores(tiny_kg: Path, tmp_path: Path) -> None:
     base = save_tiny_llama(tmp_path / "llama", tiny_kg)
     out = tmp_path / "run"
-    run(tiny_config(tiny_kg, f"model.backbone={base}", "data.prompt=compact", "data.test_limit=6", *SHORT), out)
+    lora = (f"model.backbone={base}", "data.prompt=compact", "data.test_limit=6")
+    config = tiny_config(tiny_kg, *lora, *SHORT)
+    run(config, out)
     names = load_file(str(out / "model" / "trainable.safetensors")).keys()
     assert names and all("lora_" in n or n.startswith("kon.") for n in names)  # never the frozen backbone
     main(["export", str(out), "--out", str(tmp_path / "export")])
     adapter = json.loads((tmp_path / "export" / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(base.resolve())
     ranks = pd.read_parquet(out / "ranks.parquet")
-    np.testing.assert_allclose(export_scores(tmp_path / "export", out / "ranks.parquet"), ranks["target_score"],
-                               rtol=1e-4)  # fmt: skip
+    scores = export_scores(tmp_path / "export", out / "ranks.parquet")
+    np.testing.assert_allclose(scores, ranks["target_score"], rtol=1e-4)
 
 
 def test_study_trials_are_found_by_id_tune_folder_or_train_folder(trained: Path, tmp_path: Path) -> None:
@@ -167,7 +171,9 @@ def test_prompt_of_any_query_is_the_one_training_read(trained: Path) -> None:
         assert torch.equal(got.input_ids, expected.input_ids) and torch.equal(got.last, expected.last)
 
 
-def test_answers_show_ties_with_the_last_and_known_ones(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_answers_show_ties_with_the_last_and_known_ones(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = load_run(trained).setup
     head, relation, tail = (int(v) for v in s.kg.train[0])
     scores = torch.linspace(-9.0, -1.0, s.kg.num_entities)
@@ -180,7 +186,9 @@ def test_answers_show_ties_with_the_last_and_known_ones(trained: Path, monkeypat
     assert answers[0].known and not any(a.known for a in answers[1:] if a.entity != tail)
 
 
-def test_predict_and_evaluate_commands(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_and_evaluate_commands(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     s = load_run(trained).setup
     head, relation, _ = (int(v) for v in s.kg.train[0])
     main(["predict", str(trained), s.kg.entity_names[head], s.kg.relation_names[relation], "--top", "3"])

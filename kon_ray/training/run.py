@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OnCheckpoint = Callable[[Any, dict[str, float], LoopState, "dict[str, torch.Tensor] | None", RunIdentity], None]
+OnCheckpoint = Callable[
+    [Any, dict[str, float], LoopState, "dict[str, torch.Tensor] | None", RunIdentity], None
+]
 """Called on every rank after each validation with (engine, record, state, best weights, identity)."""
 
 
@@ -66,7 +68,9 @@ def train_and_test(
         state, best = checkpoint.load(resume, engine)
         log.info("resumed at step %d", state.step)
 
-    def on_eval(engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None) -> None:
+    def on_eval(
+        engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None
+    ) -> None:
         on_checkpoint(engine, record, state, best, s.identity)
 
     best = fit(s, engine, schedule, world, state, best, on_eval)
@@ -99,7 +103,8 @@ def write_results(out: Path, outcome: Outcome) -> None:
     metrics = outcome.metrics
     write_rank_table(outcome.table, out / "ranks.parquet")
     summary = {k: metrics[k] for k in ("dataset", "steps", "valid.mrr", "test.mrr") if k in metrics}
-    checkpoint.save_model(out, outcome.weights, outcome.tokenizer, metrics["config"], outcome.identity, summary)
+    config, identity = metrics["config"], outcome.identity
+    checkpoint.save_model(out, outcome.weights, outcome.tokenizer, config, identity, summary)
     write_json(out / "metrics.json", metrics)
 
 
