@@ -208,15 +208,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     s = load_run(args.run, args.overrides).setup
     limit = s.config.data.valid_limit if args.split == "valid" else s.config.data.test_limit
     metrics, table = evaluate(s, args.split, limit)
+    relations = per_relation(table, s.kg.relation_names, s.config.eval.ties)
+    width = min(40, max(12, *(len(name) for name in relations["relation"])))
     print(f"{args.split} split of {s.kg.name}, filtered, {s.config.eval.ties} ties")
-    print(f"{'':<12}{'queries':>8}{'MRR':>8}{'H@1':>8}{'H@3':>8}{'H@10':>8}")
+    print(f"{'':<{width}}{'queries':>8}{'MRR':>8}{'H@1':>8}{'H@3':>8}{'H@10':>8}")
     for prefix in ("", "tail.", "head."):
         figures = "".join(f"{metrics[prefix + m]:>8.4f}" for m in ("mrr", "hits@1", "hits@3", "hits@10"))
-        print(f"{prefix.rstrip('.') or 'all':<12}{int(metrics[prefix + 'queries']):>8}{figures}")
+        print(f"{prefix.rstrip('.') or 'all':<{width}}{int(metrics[prefix + 'queries']):>8}{figures}")
     print("per relation (both directions)")
-    for row in per_relation(table, s.kg.relation_names, s.config.eval.ties).itertuples(index=False):
-        figures = "".join(f"{v:>8.4f}" for v in (row.mrr, row[3], row[4], row[5]))
-        print(f"{row.relation[:12]:<12}{row.queries:>8}{figures}")
+    for row in relations.itertuples(index=False):
+        figures = "".join(f"{v:>8.4f}" for v in row[2:])
+        print(f"{row.relation[:width]:<{width}}{row.queries:>8}{figures}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,7 +52,8 @@ def resolve(text: str, names: Sequence[str], what: str) -> int:
             f"{what} {text!r} is ambiguous: {len(matches)} share that name ({ids}); "
             f"give one id, e.g. '#{matches[0]}'"
         )
-    close = difflib.get_close_matches(text, list(dict.fromkeys(names)), n=5, cutoff=0.5)
+    folded = {name.casefold(): name for name in reversed(names)}  # the first of names equal but for case
+    close = [folded[c] for c in difflib.get_close_matches(text.casefold(), list(folded), n=5, cutoff=0.5)]
     hint = f"closest: {', '.join(repr(c) for c in close)}" if close else "no name is close"
     raise ConfigError(f"no {what} named {text!r} among the {len(names)} of the KG; {hint}")
 
