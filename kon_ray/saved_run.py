@@ -24,7 +24,7 @@ from kon_ray.checkpoint import MODEL_DIR, MODEL_RECORD, MODEL_WEIGHTS, RunIdenti
 from kon_ray.config import EMBEDDED, ConfigError, RunConfig, apply_overrides
 from kon_ray.data.prompts import TEMPLATES
 from kon_ray.results import write_atomic, write_json
-from kon_ray.studies.tune import SPEC_FILE
+from kon_ray.studies.folder import SPEC_FILE
 from kon_ray.training.setup import Setup, setup
 
 # What re-ranking a saved run may change: how it is ranked, and on how many triples.
