@@ -284,6 +284,15 @@ def build_trainer(
     )
 
 
+def user_error(error: Exception) -> ConfigError | None:
+    """A worker's ConfigError (a checkpoint of another run, or a broken one) as one line, not Ray's
+    report of the failed worker group."""
+    for failure in getattr(error, "worker_failures", {}).values():
+        if isinstance(failure, ConfigError):
+            return ConfigError(failure.args[0] if failure.args else str(failure))
+    return None
+
+
 def launch(
     config: RunConfig,
     out: Path,
@@ -308,7 +317,13 @@ def launch(
     config = resolve_cpus(config, nodes)
     check_resources(config, total_resources(nodes), nodes)
     trainer = build_trainer(config, name or out.name, storage or str((out / "ray").resolve()), max_failures)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as error:  # Ray Train's report of the failed worker group
+        found = user_error(error)
+        if found is None:
+            raise
+        raise found from None
     if result.error is not None:
         raise result.error
     out.mkdir(parents=True, exist_ok=True)

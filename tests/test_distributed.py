@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -53,6 +54,23 @@ def test_two_workers_zero2_match_one_worker(
 
     saved = load_run(tmp_path / "two")  # the run folder keeps the best weights and the tokenizer
     assert evaluate(saved.setup, "test", None)[0]["mrr"] == pytest.approx(two["test.mrr"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_resume_on_other_data_is_refused_in_one_line(
+    local_ray: None, tiny_kg: Path, tmp_path: Path, crash_after: Callable[[int], Path]
+) -> None:
+    """On Ray Train workers too, a checkpoint of another KG is refused naming both hashes."""
+    kg = shutil.copytree(tiny_kg, tmp_path / "kg")
+    config = tiny_config(kg, *STEPS)
+    crash_after(2)
+    with pytest.raises(Exception, match="injected crash"):
+        launch(config, tmp_path / "run", max_failures=0)
+    with (kg / "train.tsv").open("a") as f:
+        f.write("Kalomi\tfriendOf\tCity of Vi\n")
+    with pytest.raises(ConfigError, match="was written by another run \\(data hash [0-9a-f]{64} -> ") as error:
+        launch(config, tmp_path / "run", max_failures=0)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.slow
