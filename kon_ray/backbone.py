@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from transformers import PreTrainedTokenizerBase
 
 from kon_ray.config import EMBEDDED, ModelConfig
+from kon_ray.data.cache import cache_key, cached_dir
 from kon_ray.data.kg import KnowledgeGraph
 from kon_ray.data.prompts import template_words
 from kon_ray.data.tokenizer import kg_tokenizer
@@ -96,11 +97,24 @@ def backbone_identity(config: ModelConfig) -> dict[str, str]:
     for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
         if "tokenizer" in path.name or path.name == "special_tokens_map.json":
             continue  # the tokenizer has its own identity
-        h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        h.update(f"{path.name}\0{_file_hash(path)}\0".encode())
+    return {"name": config.backbone, "hash": h.hexdigest()}
+
+
+def _file_hash(path: Path) -> str:
+    """sha256 of a file's bytes, cached under its path, size and modification time: a 7B model's
+    13 GB are read once per machine, not at every start."""
+    stat = path.stat()
+    key = cache_key(kind="sha256", path=str(path.resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+
+    def build(folder: Path) -> None:
+        h = hashlib.sha256()
         with path.open("rb") as f:
             while chunk := f.read(1 << 24):
                 h.update(chunk)
-    return {"name": config.backbone, "hash": h.hexdigest()}
+        (folder / "sha256").write_text(h.hexdigest())
+
+    return (cached_dir("file-sha256", key, build) / "sha256").read_text()
 
 
 def _model_folder(backbone: str) -> Path:

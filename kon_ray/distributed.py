@@ -232,6 +232,7 @@ def worker(loop: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as local:
         resume = _restore(ray.train.get_checkpoint(), Path(local))
         if resume is not None and (resume / "metrics.json").exists():
+            check_finished_on_same_data(resume, config)
             return  # finished before the restart: nothing left to do
         outcome = train_and_test(config, world, on_checkpoint, resume, device)
     metrics = outcome.metrics
@@ -242,6 +243,20 @@ def worker(loop: dict[str, Any]) -> None:
         final = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         saved = ray.train.Checkpoint.from_directory(folder) if world.rank == 0 else None
         ray.train.report({**final, "final": 1}, checkpoint=saved)
+
+
+def check_finished_on_same_data(finished: Path, config: RunConfig) -> None:
+    """A finished run launched again on a changed KG is refused, as a resumed one is, rather than
+    returning the old data's results as this run's."""
+    from kon_ray.data import load_kg
+
+    saved = json.loads((finished / "metrics.json").read_text())["data_hash"]
+    now = load_kg(config.data.dataset).slice(config.data.train_limit).digest
+    if saved != now:
+        raise ConfigError(
+            f"data.dataset={config.data.dataset}: the run of this name finished on other data "
+            f"(data hash {saved} -> {now}); use another name or output folder"
+        )
 
 
 def _restore(saved: Any, local: Path) -> Path | None:
