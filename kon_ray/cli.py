@@ -144,17 +144,21 @@ def _study_status(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from analysis.report import StudyInfo, build_report
+    from kon_ray.paper import published_from_json
     from kon_ray.studies.folder import folder_of, read_spec
     from kon_ray.studies.table import study_table
 
     tables, infos = [], []
     for target in args.studies:
         folder = folder_of(target, args.storage)
-        name = read_spec(folder).study
+        spec = read_spec(folder)
         optuna_db = folder / "optuna.db"
         storage = f"sqlite:///{optuna_db}" if optuna_db.is_file() else None
         tables.append(study_table(folder))
-        infos.append(StudyInfo(name=name, optuna_storage=storage, optuna_study=name if storage else None))
+        infos.append(StudyInfo(
+            name=spec.study, analyses=spec.analyses, paper=published_from_json(spec.paper),
+            optuna_storage=storage, optuna_study=spec.study if storage else None,
+        ))  # fmt: skip
     out = Path(args.out or Path(args.storage) / f"report-{'-'.join(i.name for i in infos)}.html")
     try:
         print(f"report: {build_report(tables, out, infos).resolve()}")
