@@ -166,6 +166,12 @@ def _report(args: argparse.Namespace) -> None:
         raise ConfigError(f"study {', '.join(i.name for i in infos)}: {error}") from None
 
 
+def _config(args: argparse.Namespace) -> None:
+    from kon_ray.settings import settings_markdown, settings_text
+
+    print(settings_markdown() if args.markdown else settings_text(args.section), end="\n" if not args.markdown else "")
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """ConfigError, and KGFormatError once the data layer is loaded (only it raises one): importing it
     up front would load torch into the commands that only read JSON."""
@@ -186,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-failures", type=int, default=1, help="worker-group restarts from the last checkpoint")
     train.add_argument("--no-ray", action="store_true", help="one worker in this process, for debugging")
     train.set_defaults(func=_train)
+
+    config = commands.add_parser("config", help="every setting with its type, default, help and the paper's value")
+    config.add_argument("section", nargs="?", help="a section (model, model.embedded, train, ...) or one key")
+    config.add_argument("--markdown", action="store_true", help="all settings as docs/configuration.md")
+    config.set_defaults(func=_config)
 
     data = commands.add_parser("data", help="inspect a KG").add_subparsers(dest="data_command", required=True)
     stats = data.add_parser("stats", help="counts, and entity names truncated at K for a tokenizer")

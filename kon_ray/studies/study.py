@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kon_ray.paper import ANALYSES, PaperValues, Published
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
 from kon_ray.overrides import check as _check
+from kon_ray.paper import ANALYSES, PaperValues, Published
 
 SCHEDULERS = ("asha",)
 
