@@ -10,7 +10,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,6 @@ class TrialSpec:
     """Trials the study runs: its grid x variants x seeds, or its Optuna sample budget."""
     train_storage: str
     """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
-    loop_extra: Mapping[str, Any] = field(default_factory=dict)
-    """Extra ``distributed.worker`` arguments (fault injection in tests)."""
     analyses: tuple[str, ...] = ()
     """The report's figures and tables the study names."""
     paper: Mapping[str, Any] | None = None
@@ -63,7 +61,7 @@ def read_spec(folder: Path) -> TrialSpec:
         raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
     values = json.loads(path.read_text())
     tuples = {name: tuple(values.get(name, ())) for name in ("varied", "analyses")}
-    return TrialSpec(**{**values, **tuples, "loop_extra": {}})
+    return TrialSpec(**{**values, **tuples})
 
 
 def folder_of(target: str | Path, storage: str | Path) -> Path:

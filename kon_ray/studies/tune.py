@@ -68,7 +68,7 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     config = spec.config(params)
     started = _now()
     name = f"train-{tune.get_context().get_trial_id()}"
-    trainer = build_trainer(config, name, spec.train_storage, 0, dict(spec.loop_extra), [ValidationToTune()])
+    trainer = build_trainer(config, name, spec.train_storage, 0, [ValidationToTune()])
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -120,7 +120,6 @@ def run_study(
     storage: str | Path = "runs/studies",
     address: str | None = None,
     resume: bool = False,
-    loop_extra: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Run (or with ``resume``, finish) ``study``; return and export its result table."""
     from kon_ray.studies.table import export_table, study_table
@@ -148,7 +147,6 @@ def run_study(
         mode=study.mode,
         trials=trial_count(study),
         train_storage=str(folder / "train"),
-        loop_extra=dict(loop_extra or {}),
         analyses=study.analyses,
         paper=published_to_json(study.paper),
     )
@@ -159,7 +157,7 @@ def run_study(
         log.info("%s: resuming from %s", study.name, folder)
         tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
     else:
-        write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides), "loop_extra": {}})
+        write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides)})
         tuner = _new_tuner(study, spec, trainable, folder, concurrent)
     log.info("%s: %d trials, up to %d at once, in %s", study.name, trial_count(study), concurrent, folder)
     logging.getLogger("tensorboardX.summary").setLevel(logging.WARNING)  # renames of 'hits@k' metrics
