@@ -46,7 +46,7 @@ def layer(module: str) -> int:
 
 
 def imports(module: str) -> set[str]:
-    """The project modules ``module`` imports anywhere in its file (``from a import b``: ``a.b`` if a module)."""
+    """Project modules that ``module`` imports anywhere (``from a import b``: ``a.b`` if that is a module)."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
