@@ -169,7 +169,7 @@ def _report(args: argparse.Namespace) -> None:
 def _config(args: argparse.Namespace) -> None:
     from kon_ray.settings import settings_markdown, settings_text
 
-    print(settings_markdown() if args.markdown else settings_text(args.section), end="\n" if not args.markdown else "")
+    sys.stdout.write(settings_markdown() if args.markdown else settings_text(args.section) + "\n")
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
