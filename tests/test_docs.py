@@ -29,11 +29,7 @@ NOT_YET_WRITTEN = {
     "docs/backbones.md",
     "docs/benchmarks.md",
     "docs/cluster.md",
-    "docs/configuration.md",
     "docs/data.md",
-    "docs/defaults.md",
-    "docs/monitoring.md",
-    "CONTRIBUTING.md",
 }
 """Pages other branches write, linked before they land. Empty this as they merge: a page listed
 here that exists fails the test."""

@@ -20,6 +20,7 @@ from kon_ray.results import provenance, write_json
 from kon_ray.training.engine import init_process_group, make_engine
 from kon_ray.training.evaluate import evaluate
 from kon_ray.training.fit import OnEval, fit
+from kon_ray.training.monitor import Monitor
 from kon_ray.training.setup import setup, trainable_parameters
 from kon_ray.training.world import World
 
@@ -116,12 +117,16 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     init_process_group()
     root = out / "checkpoints"
 
+    monitor = Monitor(out, bar=False)  # fit's own bar is on this terminal
+
     def on_checkpoint(
         engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None,
         identity: RunIdentity,
     ) -> None:
         checkpoint.save_atomic(root, engine, state, best, config.to_dict(), identity)
+        monitor.record(record)
 
-    outcome = train_and_test(config, World(), on_checkpoint, checkpoint.latest_complete(root))
+    with monitor:
+        outcome = train_and_test(config, World(), on_checkpoint, checkpoint.latest_complete(root))
     write_results(out, outcome)
     return outcome.metrics
