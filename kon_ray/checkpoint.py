@@ -264,9 +264,12 @@ def latest_complete(root: Path) -> Path | None:
 RESUMABLE_CHANGES = {"train.max_minutes", "train.max_steps", "train.epochs", "train.threads", "train.cpus_per_worker"}
 
 
-def check_same_run(folder: Path, config: dict[str, Any], identity: RunIdentity) -> None:
+def check_same_run(folder: Path, config: dict[str, Any], identity: RunIdentity | None = None) -> None:
     """Refuse to resume a checkpoint written under other settings, on other data, or with another
-    tokenizer or backbone; warn when the code or library versions differ."""
+    tokenizer or backbone; warn when the code or library versions differ.
+
+    Without ``identity``, the settings only: a check to make before loading the backbone.
+    """
     saved = json.loads((folder / "state.json").read_text())
     before = _flat(saved["config"])
     now = _flat(config)
@@ -274,6 +277,8 @@ def check_same_run(folder: Path, config: dict[str, Any], identity: RunIdentity) 
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed[:5])
         raise ConfigError(f"{folder} was written by a run with other settings ({details}); use another output folder")
+    if identity is None:
+        return
     if "identity" not in saved:
         raise ConfigError(
             f"{folder / 'state.json'}: no run identity (an older kon-ray wrote it); use another output folder"

@@ -60,6 +60,8 @@ def train_and_test(
     come from the same run: same settings, data, tokenizer and backbone.
     """
     started = time.time()
+    if resume is not None:
+        checkpoint.check_same_run(resume, config.to_dict())  # the settings, before any weight loads
     s = setup(config, device)
     if resume is not None:
         checkpoint.check_same_run(resume, config.to_dict(), s.identity)
