@@ -16,6 +16,7 @@ from typing import Any, Literal
 EMBEDDED = "embedded"
 PAPER_LR = 1e-4
 EMBEDDED_LR = 1e-3
+PUBLISHED_LORA_TARGETS = ("embed_tokens", "q_proj", "v_proj")
 
 
 class ConfigError(ValueError):
@@ -105,7 +106,12 @@ class ModelConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = ("embed_tokens", "q_proj", "v_proj")
+    lora_targets: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Modules of the backbone given LoRA adapters; () (unset): peft's default for the "
+                  "backbone's architecture (q_proj, v_proj for Llama; c_attn for GPT-2). The published code's "
+                  "are PUBLISHED_LORA_TARGETS."},
+    )
     k: int = 8
     """Number of K-ON heads: entity names are padded or truncated to K tokens (eq. 8)."""
     head_init: Literal["zero", "default"] = "zero"
@@ -138,7 +144,6 @@ class ModelConfig:
         for name in ("lora_dropout", "attention_dropout", "score_lora_dropout"):
             value = getattr(self, name)
             _check(0.0 <= value < 1.0, f"model.{name}={value}: must be in [0, 1)")
-        _check(bool(self.lora_targets), "model.lora_targets=(): name at least one module")
         if self.backbone == EMBEDDED and self.conditional_attention:
             hidden = self.embedded.hidden_size
             _check(

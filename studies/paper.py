@@ -4,12 +4,14 @@ Run with ``data.dataset=MKG-W`` for Table 2's MKG-W half (compare with analysis.
 """
 
 from analysis.paper import TABLE2
+from kon_ray.config import PUBLISHED_LORA_TARGETS
 from kon_ray.studies import Study
 
 study = Study(
     name="paper",
     base={
         "model.backbone": "meta-llama/Llama-2-7b-chat-hf",
+        "model.lora_targets": PUBLISHED_LORA_TARGETS,  # the published code's: embed_tokens, q_proj, v_proj
         "data.prompt": "instruction",
         "train.micro_batch": 12,
         "train.grad_accum": 8,
