@@ -216,18 +216,29 @@ class KON(nn.Module):
         return scores
 
 
+def _without_frozen(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, _: object) -> None:
+    """Drop frozen weights from a state dict under every name they have: a tied output head is the
+    input embedding under a second name, which ``named_parameters`` lists only once (DeepSpeed's
+    ``exclude_frozen_parameters`` filters by it, and so kept GPT-2's frozen ``lm_head.weight``)."""
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if not p.requires_grad:
+            state.pop(prefix + name, None)
+
+
 class KONModel(nn.Module):
     """The backbone LLM and the K-ON heads, trained together.
 
     The backbone's decoder and output head are looked up through ``backbone`` on each use,
     never stored as attributes: a stored module would be registered a second time under
-    another name, and checkpoints that exclude frozen weights would still save it.
+    another name, and checkpoints that exclude frozen weights would still save it. For the same
+    reason the state dict holds no frozen weight under any name (tied embeddings).
     """
 
     def __init__(self, backbone: PreTrainedModel, kon: KON) -> None:
         super().__init__()
         self.backbone = backbone
         self.kon = kon
+        self.register_state_dict_post_hook(_without_frozen)
 
     @property
     def base(self) -> PreTrainedModel:
