@@ -102,7 +102,8 @@ def step_losses(
 ) -> dict[str, torch.Tensor]:
     """Algorithm 1, lines 3-8, for one micro-batch: the weighted terms and their sum (``loss``).
 
-    ``batch`` holds the queries with their targets' tokens; ``candidate_tokens`` and
+    ``model`` is the KONModel or the DeepSpeed engine over it (which passes ``kon`` and ``head``
+    through). ``batch`` holds the queries with their targets' tokens; ``candidate_tokens`` and
     ``candidate_mask`` (B, 1 + |N|, K) are eq. 8's tokens of each query's target (column 0)
     and its negatives.
     """

@@ -165,6 +165,16 @@ def test_backbone_trains_under_zero_stage(
     assert_no_frozen_weight(tmp_path / "run" / "checkpoint", setup(config))
 
 
+def test_zero3_accumulates_every_micro_batch(tiny_kg: Path, backbones: Backbones, tmp_path: Path) -> None:
+    """2 micro-batches per step: ZeRO-3 follows ZeRO-2 (run through the engine's forward, not the
+    module's, or ZeRO-3 keeps only the last micro-batch's gradients)."""
+    settings = ("train.max_steps=8", "train.evals_per_epoch=4", "train.batch_size=16", "train.grad_accum=2",
+                "model.dtype=float32")
+    runs = [run(backbone_config(tiny_kg, backbones("llama"), *settings, f"train.zero_stage={stage}"), tmp_path / str(stage))
+            for stage in (2, 3)]
+    assert losses(runs[1]) == pytest.approx(losses(runs[0]), rel=1e-4)
+
+
 @pytest.mark.slow
 def test_same_seed_same_metrics_and_a_killed_run_resumes(
     tiny_kg: Path, backbones: Backbones, tmp_path: Path, crash_after: Callable[[int], Path]

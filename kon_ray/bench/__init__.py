@@ -17,16 +17,20 @@ from kon_ray.config import ConfigError, RunConfig, apply_overrides
 if TYPE_CHECKING:
     import torch
 
-BENCHMARKS = ("scoring", "negatives", "sampling", "evaluation", "study", "heads", "sft", "precision")
+BENCHMARKS = ("scoring", "negatives", "sampling", "evaluation", "study", "heads", "sft", "precision", "gpu")
+IN_ALL = BENCHMARKS[:-1]  # gpu runs scoring and sft itself, on CUDA only
 
 
 def run_benchmark(name: str, items: list[str], out: Path, device: torch.device) -> dict[str, Any]:
     """Run one benchmark with its ``key=value`` overrides; print it, write ``out/NAME.json``, return the record."""
-    from kon_ray.bench.common import parse_settings, record, show, split_overrides, verdict, write_record
+    from kon_ray.bench.common import parse_settings, record, require_device, show, split_overrides, verdict
+    from kon_ray.bench.common import write_record
 
     if name not in BENCHMARKS:
         raise ConfigError(f"benchmark {name!r}: must be one of {', '.join(BENCHMARKS)} or all")
     module = importlib.import_module(f"kon_ray.bench.{name}")
+    if hasattr(module, "DEVICE"):
+        require_device(name, module.DEVICE, device)
     pairs, dotted = split_overrides(items)
     settings = parse_settings(module.Settings, pairs)
     config = apply_overrides(apply_overrides(RunConfig(), dict(module.BASE)), dotted)
@@ -41,10 +45,10 @@ def run_benchmark(name: str, items: list[str], out: Path, device: torch.device) 
 
 
 def run_all(items: list[str], out: Path, device: torch.device) -> list[dict[str, Any]]:
-    """Every benchmark in turn; only dotted (run config) overrides, which each benchmark takes."""
+    """Every benchmark but gpu in turn; only dotted (run config) overrides, which each benchmark takes."""
     from kon_ray.bench.common import split_overrides
 
     pairs, _ = split_overrides(items)
     if pairs:
         raise ConfigError(f"bench all: benchmark settings {sorted(pairs)} differ per benchmark; run it alone")
-    return [run_benchmark(name, items, out, device) for name in BENCHMARKS]
+    return [run_benchmark(name, items, out, device) for name in IN_ALL]
