@@ -164,9 +164,9 @@ def _bench(args: argparse.Namespace) -> None:
     import torch
 
     from kon_ray.bench import run_all, run_benchmark
-    from kon_ray.training import default_device
 
-    device = torch.device(args.device) if args.device else default_device()
+    # As training.default_device, without importing training (DeepSpeed) before a benchmark refuses.
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
     if args.name == "all":
         run_all(args.overrides, out, device)
