@@ -12,13 +12,12 @@ import datetime
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from kon_ray.config import ConfigError, RunConfig, apply_overrides
+from kon_ray.config import ConfigError, RunConfig
 from kon_ray.distributed import (
     build_trainer,
     check_resources,
@@ -29,49 +28,13 @@ from kon_ray.distributed import (
     worker_slots,
 )
 from kon_ray.results import write_json
-from kon_ray.studies.study import Study, check_study, trial_count, trial_overrides
+from kon_ray.studies.folder import SPEC_FILE, TrialSpec, experiment_dir
+from kon_ray.studies.study import Study, check_study, trial_count
 
 log = logging.getLogger(__name__)
 
-SPEC_FILE = "study.json"
 SLOT = "trial_slot"  # a 0-CPU resource a trial's driver holds, so that only workers take CPUs
 ASHA_MAX_REPORTS = 1000
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """What every trial of a study shares; saved as ``study.json`` beside Tune's state."""
-
-    study: str
-    base: Mapping[str, Any]
-    variants: Mapping[str, Mapping[str, Any]]
-    extra: Mapping[str, Any]
-    """The command line's global overrides, on top of every trial."""
-    varied: tuple[str, ...]
-    metric: str
-    mode: str
-    trials: int
-    """Trials the study runs: its grid x variants x seeds, or its Optuna sample budget."""
-    train_storage: str
-    """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
-
-    def config(self, params: Mapping[str, Any]) -> RunConfig:
-        return apply_overrides(RunConfig(), trial_overrides(self.base, self.variants, params, self.extra))
-
-    def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "varied": list(self.varied)}
-
-
-def experiment_dir(study: Study, storage: str | Path) -> Path:
-    return Path(storage).resolve() / study.name
-
-
-def read_spec(folder: Path) -> TrialSpec:
-    path = folder / SPEC_FILE
-    if not path.is_file():
-        raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
-    values = json.loads(path.read_text())
-    return TrialSpec(**{**values, "varied": tuple(values["varied"])})
 
 
 def final_row(metrics: dict[str, Any], config: RunConfig, started: str) -> dict[str, Any]:
