@@ -6,6 +6,8 @@ The 1-worker cells run in this process (``kon_ray.training.run``); the 2-worker 
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kon_ray.config import PUBLISHED_LORA_TARGETS
+from kon_ray.config import PUBLISHED_LORA_TARGETS, ConfigError
 from kon_ray.data import load_kg
 from kon_ray.data.prompts import TEMPLATES
 from kon_ray.data.queries import TAIL
@@ -129,6 +131,17 @@ def test_entity_tokens_are_what_the_backbone_reads_after_the_prompt(
         differs += ids != tokenizer(" " + name, add_special_tokens=False)["input_ids"]
     if family == "llama":  # the leading-space case: ' Name' alone starts with '▁▁', not '▁Name'
         assert differs == kg.num_entities
+
+
+def test_a_name_merging_with_the_prompt_is_refused(tiny_kg: Path, backbones: Backbones, tmp_path: Path) -> None:
+    """A tokenizer whose merges join the prompt's last word and the name has no eq. 8 tokens of its own."""
+    folder = shutil.copytree(backbones("llama"), tmp_path / "merging")
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["model"]["vocab"]["=▁"] = len(spec["model"]["vocab"])
+    spec["model"]["merges"].insert(0, ["=", "▁"])
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match=r"merges the entity name '\w+' with the prompt's last word '='"):
+        setup(backbone_config(tiny_kg, folder, "data.prompt=compact"))
 
 
 def test_llama_fixture_is_sentencepiece_style_without_pad(backbones: Backbones) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from kon_ray.config import ConfigError
 from kon_ray.data.cache import cache_key, cached_dir
 from kon_ray.data.kg import KnowledgeGraph
 from kon_ray.data.queries import HEAD, TAIL, Queries
@@ -49,7 +50,10 @@ def _answer_ids(tokenizer: PreTrainedTokenizerBase, names: list[str], template: 
     out = []
     for name, ids in zip(names, after, strict=True):
         if ids[: len(context)] != context:
-            raise ValueError(f"{tokenizer.name_or_path}: {name!r} merges with the prompt's last word {last!r}")
+            raise ConfigError(
+                f"model.backbone={tokenizer.name_or_path}: its tokenizer merges the entity name {name!r} with "
+                f"the prompt's last word {last!r} (data.prompt={template}), so eq. 8's tokens are not the name's"
+            )
         out.append(ids[len(context) :])
     return out
 
