@@ -103,9 +103,9 @@ class ModelConfig:
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = field(
         default=(),
-        metadata={"help": "Modules of the backbone given LoRA adapters; () (unset): peft's default for the "
-                  "backbone's architecture (q_proj, v_proj for Llama; c_attn for GPT-2). The published code's "
-                  "are PUBLISHED_LORA_TARGETS."},
+        metadata={"help": "Modules of the backbone given LoRA adapters; () (unset): peft's default for "
+                  "the backbone's architecture (q_proj, v_proj for Llama; c_attn for GPT-2). The published "
+                  "code's are PUBLISHED_LORA_TARGETS."},
     )
     k: int = 8
     """Number of K-ON heads: entity names are padded or truncated to K tokens (eq. 8)."""

@@ -295,8 +295,11 @@ class KONModel(nn.Module):
         h = self.hidden(batch)
         h0 = h[torch.arange(len(h), device=h.device), batch.last]
         logits = self.kon(h0, self.output_weight)  # eq. 3-7
-        return h, logits, self.kon.entity_scores(self.kon.step_log_probs(logits), candidate_tokens, candidate_mask)
+        scores = self.kon.entity_scores(self.kon.step_log_probs(logits), candidate_tokens, candidate_mask)
+        return h, logits, scores
 
-    def scores_all(self, batch: Batch, entity_tokens: torch.Tensor, entity_mask: torch.Tensor) -> torch.Tensor:
+    def scores_all(
+        self, batch: Batch, entity_tokens: torch.Tensor, entity_mask: torch.Tensor
+    ) -> torch.Tensor:
         """One forward pass scores every entity: (B, E)."""
         return self(batch, entity_tokens, entity_mask)[2]

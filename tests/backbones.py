@@ -34,13 +34,16 @@ VOCAB = 120  # small enough that names split into several tokens
 def corpus(dataset: Path) -> list[str]:
     """The KG's entity and relation names and the prompts' own words, in sentences."""
     kg = load_kg(str(dataset))
-    templates = [text.format(entity="", relation="") for texts in TEMPLATES.values() for text in texts.values()]
+    texts = [text for by_direction in TEMPLATES.values() for text in by_direction.values()]
+    templates = [text.format(entity="", relation="") for text in texts]
     names = [*kg.entity_names, *kg.relation_names]
     # Names after a prompt, so that word-start merges (' Name', '▁Name') are learned.
     return [*templates, *names, *(f"{t} {n}" for t in templates for n in names)]
 
 
-def _bpe(texts: list[str], pre: pre_tokenizers.PreTokenizer, special: list[str], vocab: int, **kw: object) -> Tokenizer:
+def _bpe(
+    texts: list[str], pre: pre_tokenizers.PreTokenizer, special: list[str], vocab: int, **kw: object
+) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(**kw))
     tokenizer.pre_tokenizer = pre
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=special, show_progress=False,
@@ -70,7 +73,9 @@ def llama_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def byte_level_tokenizer(texts: list[str], pad: bool) -> PreTrainedTokenizerFast:
@@ -79,7 +84,8 @@ def byte_level_tokenizer(texts: list[str], pad: bool) -> PreTrainedTokenizerFast
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=end, eos_token=end, unk_token=end, **({"pad_token": end} if pad else {})
+        tokenizer_object=tokenizer, bos_token=end, eos_token=end, unk_token=end,
+        **({"pad_token": end} if pad else {}),
     )
 
 

@@ -120,6 +120,6 @@ def backbones(tiny_kg: Path, tmp_path_factory: pytest.TempPathFactory) -> Callab
 def backbone_config(dataset: Path, backbone: Path, *overrides: str) -> RunConfig:
     """``tiny_config`` on a saved backbone: LoRA (tuning 'auto'), a few steps."""
     return tiny_config(
-        dataset, f"model.backbone={backbone}", "train.lr=1e-2", "train.max_steps=12", "train.evals_per_epoch=4",
-        "train.warmup_steps=2", *overrides,
+        dataset, f"model.backbone={backbone}", "train.lr=1e-2", "train.max_steps=12",
+        "train.evals_per_epoch=4", "train.warmup_steps=2", *overrides,
     )

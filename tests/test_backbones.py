@@ -99,10 +99,12 @@ def test_default_lora_targets_and_trainable_weights(tiny_kg: Path, backbones: Ba
 
 
 def test_published_targets_adapt_the_embedding(tiny_kg: Path, backbones: Backbones) -> None:
-    s = setup(backbone_config(tiny_kg, backbones("llama"), f"model.lora_targets={','.join(PUBLISHED_LORA_TARGETS)}"))
+    published = f"model.lora_targets={','.join(PUBLISHED_LORA_TARGETS)}"
+    s = setup(backbone_config(tiny_kg, backbones("llama"), published))
     names = [name for name, p in s.model.named_parameters() if p.requires_grad]
     assert any("embed_tokens.lora_embedding_A" in name for name in names)
-    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names if ".lora_" in n} == set(PUBLISHED_LORA_TARGETS)
+    targets = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names if ".lora_" in n}
+    assert targets == set(PUBLISHED_LORA_TARGETS)
 
 
 def test_full_tuning_trains_every_backbone_weight(tiny_kg: Path, backbones: Backbones) -> None:
@@ -133,7 +135,9 @@ def test_entity_tokens_are_what_the_backbone_reads_after_the_prompt(
         assert differs == kg.num_entities
 
 
-def test_a_name_merging_with_the_prompt_is_refused(tiny_kg: Path, backbones: Backbones, tmp_path: Path) -> None:
+def test_a_name_merging_with_the_prompt_is_refused(
+    tiny_kg: Path, backbones: Backbones, tmp_path: Path
+) -> None:
     """A tokenizer whose merges join the prompt's last word and the name has no eq. 8 tokens of its own."""
     folder = shutil.copytree(backbones("llama"), tmp_path / "merging")
     spec = json.loads((folder / "tokenizer.json").read_text())
@@ -165,7 +169,9 @@ CELLS = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "stage", "extra"), CELLS, ids=[f"{f}-zero{s}-{'-'.join(e)}" for f, s, e in CELLS])
+@pytest.mark.parametrize(
+    ("family", "stage", "extra"), CELLS, ids=[f"{f}-zero{s}-{'-'.join(e)}" for f, s, e in CELLS]
+)
 def test_backbone_trains_under_zero_stage(
     tiny_kg: Path, backbones: Backbones, tmp_path: Path, family: str, stage: int, extra: tuple[str, ...]
 ) -> None:
@@ -183,8 +189,11 @@ def test_zero3_accumulates_every_micro_batch(tiny_kg: Path, backbones: Backbones
     module's, or ZeRO-3 keeps only the last micro-batch's gradients)."""
     settings = ("train.max_steps=8", "train.evals_per_epoch=4", "train.batch_size=16", "train.grad_accum=2",
                 "model.dtype=float32")
-    runs = [run(backbone_config(tiny_kg, backbones("llama"), *settings, f"train.zero_stage={stage}"), tmp_path / str(stage))
-            for stage in (2, 3)]
+    backbone = backbones("llama")
+    runs = [
+        run(backbone_config(tiny_kg, backbone, *settings, f"train.zero_stage={stage}"), tmp_path / str(stage))
+        for stage in (2, 3)
+    ]
     assert losses(runs[1]) == pytest.approx(losses(runs[0]), rel=1e-4)
 
 
@@ -226,8 +235,9 @@ def test_lora_on_two_zero3_workers_matches_one(
     """LoRA on a pretrained backbone, partitioned by ZeRO-3 over 2 Ray workers (how a 70B model
     runs), follows 1 worker at the same global batch, and checkpoints no frozen weight."""
     backbone = backbones("llama")
-    two = launch(backbone_config(tiny_kg, backbone, *STEPS, "train.workers=2", "train.zero_stage=3"), tmp_path / "two")
-    one = run(backbone_config(tiny_kg, backbone, *STEPS, "train.grad_accum=2", "train.zero_stage=3"), tmp_path / "one")
+    zero3 = (*STEPS, "train.zero_stage=3")
+    two = launch(backbone_config(tiny_kg, backbone, *zero3, "train.workers=2"), tmp_path / "two")
+    one = run(backbone_config(tiny_kg, backbone, *zero3, "train.grad_accum=2"), tmp_path / "one")
     assert two["workers"] == 2 and len(losses(two)) == len(losses(one)) >= 2
     assert losses(two) == pytest.approx(losses(one), rel=1e-3)
     assert two["test.mrr"] == pytest.approx(one["test.mrr"], abs=0.02)

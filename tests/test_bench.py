@@ -119,7 +119,8 @@ def test_rank_comparison_allows_ties_within_tolerance_only() -> None:
     swapped = reference.clone()
     swapped[0, 2] = -1.99999  # within 1e-4 of the target: a tie at that tolerance, not a mismatch
     result = compare_rankings(reference, swapped, targets, 1e-4)
-    assert result["rank_mismatches"] == 0 and result["max_relative_difference"] == pytest.approx(1e-5, rel=1e-2)
+    assert result["rank_mismatches"] == 0
+    assert result["max_relative_difference"] == pytest.approx(1e-5, rel=1e-2)
     moved = reference.clone()
     moved[1, 3] = -0.5  # an entity far below the target now outranks it
     assert compare_rankings(reference, moved, targets, 1e-4)["rank_mismatches"] == 1
@@ -149,7 +150,9 @@ def test_bench_gpu_refuses_without_cuda(capsys: pytest.CaptureFixture[str]) -> N
     ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
         not torch.cuda.is_available(), reason="needs a CUDA device")])],
 )
-def test_bench_gpu_checks(tiny_kg: Path, tmp_path: Path, device: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_gpu_checks(
+    tiny_kg: Path, tmp_path: Path, device: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``bench gpu``'s checks: bf16 training with LoRA on a saved backbone, ranking on ``device``
     against the CPU in float32 and in bf16. On a CPU ``run`` is called directly (the command
     refuses a CPU); on CUDA, the command as a user runs it."""
@@ -157,7 +160,8 @@ def test_bench_gpu_checks(tiny_kg: Path, tmp_path: Path, device: str, capsys: py
 
     overrides = [*gpu_overrides(tiny_kg), "model.dtype=bfloat16", "data.test_limit=20"]
     if device == "cuda":
-        main(["bench", "gpu", "steps=20", "queries=40", *overrides, "--out", str(tmp_path), "--device", "cuda"])
+        settings = ["steps=20", "queries=40"]
+        main(["bench", "gpu", *settings, *overrides, "--out", str(tmp_path), "--device", "cuda"])
         record = json.loads((tmp_path / "gpu.json").read_text())
         assert record["met"], record["target"]  # scoring's and sft's targets are only reported
         assert {"scoring", "sft"} <= set(record["figures"]) and record["figures"]["peak_memory_gib"] > 0

@@ -82,7 +82,9 @@ def announce(setup: dict[str, Any]) -> dict[str, Any]:
 def require_device(name: str, needed: str, device: torch.device) -> None:
     """Refuse, in one line, a benchmark that needs a ``needed`` device ('cuda') on another."""
     if needed == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"bench {name}: needs a CUDA device; torch {torch.__version__} sees none on this machine")
+        raise ConfigError(
+            f"bench {name}: needs a CUDA device; torch {torch.__version__} sees none on this machine"
+        )
     if device.type != needed:
         raise ConfigError(f"bench {name}: --device {device}: it runs on {needed} only")
 

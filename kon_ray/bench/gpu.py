@@ -29,8 +29,7 @@ from typing import Any
 import torch
 
 from kon_ray.bench.common import Check, Report, announce, describe, engine_for, hardware, load, show, sync
-from kon_ray.bench.common import verdict
-from kon_ray.bench.common import train_batch, train_step
+from kon_ray.bench.common import train_batch, train_step, verdict
 from kon_ray.config import RunConfig, apply_overrides
 
 BASE = {"model.dtype": "bfloat16"}
@@ -70,13 +69,15 @@ def save_backbone(config: RunConfig, folder: Path) -> Path:
     return folder
 
 
-def compare_rankings(reference: torch.Tensor, other: torch.Tensor, targets: torch.Tensor, rtol: float) -> dict[str, Any]:
+def compare_rankings(
+    reference: torch.Tensor, other: torch.Tensor, targets: torch.Tensor, rtol: float
+) -> dict[str, Any]:
     """How ``other`` (B, E) scores agree with ``reference``'s for queries whose answer is ``targets`` (B,).
 
     A target's rank in ``other`` (realistic: ties counted half) must lie in the band of ranks
     the reference allows at ``rtol``: from 1 + the entities scoring above it by more than
-    ``rtol`` x |score| to the entities scoring at least as high less that margin. ``ties``
-    counts, per query, entities that tie the target exactly in ``other`` but not in the reference.
+    ``rtol`` x |score| to the entities scoring at least as high less that margin. ``new_ties``
+    counts entities that tie the target exactly in ``other`` but not in the reference.
     """
     reference, other = reference.double(), other.double()
     rows = torch.arange(len(targets))
@@ -120,7 +121,7 @@ def train(s: Any, engine: Any, steps: int) -> dict[str, Any]:
 
 @torch.no_grad()
 def rank_scores(s: Any, queries: Any) -> torch.Tensor:
-    """(B, E) scores of every entity for ``queries``, as evaluation computes them, on the CPU."""
+    """(B, E) scores of every entity for ``queries`` as evaluation computes them, returned on the CPU."""
     s.model.eval()
     batch = s.encoded.batch(queries, with_targets=False).to(s.device)
     return s.model.scores_all(batch, s.entity_tokens, s.entity_mask).float().cpu()
@@ -151,7 +152,9 @@ def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
     with tempfile.TemporaryDirectory(prefix="kon-ray-gpu-") as folder:
         config = apply_overrides(config, {"model.backbone": str(save_backbone(config, Path(folder)))})
         s = load(config, device)
-        setup = announce({**describe(s), "steps": settings.steps, "precision": str(s.precision), **hardware(device)})
+        setup = announce(
+            {**describe(s), "steps": settings.steps, "precision": str(s.precision), **hardware(device)}
+        )
         engine = engine_for(s)
         trained = train(s, engine, settings.steps)
         losses = trained["losses"]
@@ -168,19 +171,21 @@ def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
         cuda = rank_scores(float32_copy(config, weights, device), queries)
         same = compare_rankings(cpu, cuda, targets, settings.rtol)
         cast = compare_rankings(cpu, bf16, targets, settings.bf16_rtol)
-        show(f"ranking: {device.type} float32 vs CPU float32 over {same['queries']} queries: max relative difference "
-             f"{same['max_relative_difference']:.2e}, {same['rank_mismatches']} target ranks outside the ties at "
-             f"{settings.rtol:g}")
-        show(f"bf16 ranking (K-ON heads {', '.join(sorted(heads))}): max relative difference "
-             f"{cast['max_relative_difference']:.2e}, {cast['rank_mismatches']} target ranks outside the ties at "
-             f"{settings.bf16_rtol:g}; bf16 ties the target with {cast['new_ties']} entities that float32 tells "
-             f"apart, in {cast['queries_with_new_ties']} of {cast['queries']} queries")
+        show(f"ranking: {device.type} float32 vs CPU float32 over {same['queries']} queries: "
+             f"max relative difference {same['max_relative_difference']:.2e}, "
+             f"{same['rank_mismatches']} target ranks outside the ties at {settings.rtol:g}")
+        show(f"bf16 ranking (K-ON heads {', '.join(sorted(heads))}): "
+             f"max relative difference {cast['max_relative_difference']:.2e}, "
+             f"{cast['rank_mismatches']} target ranks outside the ties at {settings.bf16_rtol:g}; "
+             f"bf16 ties the target with {cast['new_ties']} entities that float32 tells apart, "
+             f"in {cast['queries_with_new_ties']} of {cast['queries']} queries")
         figures: dict[str, Any] = {
             **trained, "heads_dtype": sorted(heads), "ranking_float32": same, "ranking_bf16": cast,
         }
         checks = [
             Check("loss first - last", first - last, ">=", 0.0),
-            Check("CUDA vs CPU max relative score difference", same["max_relative_difference"], "<=", settings.rtol),
+            Check("CUDA vs CPU max relative score difference", same["max_relative_difference"], "<=",
+                  settings.rtol),
             Check("CUDA vs CPU target ranks outside ties", same["rank_mismatches"], "<=", 0),
             Check("bf16 target ranks outside ties", cast["rank_mismatches"], "<=", 0),
             Check("steps per s", trained["steps_per_s"]),
@@ -191,8 +196,10 @@ def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
                 report = sub_benchmark(name, config, device)
                 figures[name] = {"figures": report.figures, "met": report.met}
                 # Reported here: their targets are claims about K-ON, not about the machine.
-                checks += [Check(f"{name}: {c.name} ({c.text().split('(', 1)[1][:-1]}: "
-                                 f"{'met' if c.met else 'missed'})", c.value, unit=c.unit) for c in report.checks]
+                for c in report.checks:
+                    target = c.text().split("(", 1)[1][:-1]
+                    outcome = "met" if c.met else "missed"
+                    checks.append(Check(f"{name}: {c.name} ({target}: {outcome})", c.value, unit=c.unit))
         for check in checks:
             status = {True: "ok", False: "FAILED", None: "reported"}[check.met]
             show(f"{status}: {check.text()}")

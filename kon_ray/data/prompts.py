@@ -51,8 +51,9 @@ def _answer_ids(tokenizer: PreTrainedTokenizerBase, names: list[str], template: 
     for name, ids in zip(names, after, strict=True):
         if ids[: len(context)] != context:
             raise ConfigError(
-                f"model.backbone={tokenizer.name_or_path}: its tokenizer merges the entity name {name!r} with "
-                f"the prompt's last word {last!r} (data.prompt={template}), so eq. 8's tokens are not the name's"
+                f"model.backbone={tokenizer.name_or_path}: its tokenizer merges the entity name {name!r} "
+                f"with the prompt's last word {last!r} (data.prompt={template}), so eq. 8's tokens are not "
+                "the name's"
             )
         out.append(ids[len(context) :])
     return out

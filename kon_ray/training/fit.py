@@ -27,7 +27,9 @@ OnEval = Callable[[Any, dict[str, float], LoopState, "dict[str, torch.Tensor] | 
 """Called on every rank after each validation with (engine, record, state, best weights)."""
 
 
-def compute_losses(s: Setup, queries: Queries, negatives: torch.Tensor, engine: Any = None) -> dict[str, torch.Tensor]:
+def compute_losses(
+    s: Setup, queries: Queries, negatives: torch.Tensor, engine: Any = None
+) -> dict[str, torch.Tensor]:
     """Algorithm 1, lines 3-8, for one micro-batch of ``queries`` and their ``negatives`` (B, |N|).
 
     Training passes its DeepSpeed ``engine``, whose forward the model runs through: ZeRO-3 counts
@@ -37,7 +39,8 @@ def compute_losses(s: Setup, queries: Queries, negatives: torch.Tensor, engine: 
     candidates = torch.cat([torch.as_tensor(queries.target, device=s.device)[:, None], negatives], dim=1)
     model = s.model if engine is None else engine
     with s.precision.training(s.device):
-        return losses.step_losses(model, batch, s.entity_tokens[candidates], s.entity_mask[candidates], s.config)
+        tokens, mask = s.entity_tokens[candidates], s.entity_mask[candidates]
+        return losses.step_losses(model, batch, tokens, mask, s.config)
 
 
 def micro_seed(seed: int, step: int, micro: int) -> int:
