@@ -31,7 +31,6 @@ NOT_YET_WRITTEN = {
     "docs/configuration.md",
     "docs/data.md",
     "docs/defaults.md",
-    "docs/monitoring.md",
     "docs/using-a-run.md",
     "CONTRIBUTING.md",
 }
