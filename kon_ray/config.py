@@ -20,6 +20,7 @@ __all__ = ["ConfigError", "RunConfig", "apply_overrides", "flatten"]  # ConfigEr
 EMBEDDED = "embedded"
 PAPER_LR = 1e-4
 EMBEDDED_LR = 1e-3
+PUBLISHED_LORA_TARGETS = ("embed_tokens", "q_proj", "v_proj")
 
 
 def _choice(name: str, value: object, choices: tuple[object, ...]) -> None:
@@ -109,8 +110,10 @@ class ModelConfig:
     lora_r: int = field(default=8, metadata={"help": "Rank of the backbone's LoRA (backbone_tuning='lora')."})
     lora_alpha: int = field(default=16, metadata={"help": "Scaling alpha of the backbone's LoRA."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout of the backbone's LoRA, in [0, 1)."})
-    lora_targets: tuple[str, ...] = field(default=("embed_tokens", "q_proj", "v_proj"), metadata={
-        "help": "Backbone modules that get LoRA adapters (comma-separated on the command line)."})
+    lora_targets: tuple[str, ...] = field(default=(), metadata={
+        "help": "Backbone modules given LoRA adapters (comma-separated on the command line); () (unset): "
+                "peft's default for the backbone's architecture (q_proj, v_proj for Llama; c_attn for "
+                "GPT-2). The published code's are PUBLISHED_LORA_TARGETS."})
     k: int = field(default=8, metadata={
         "help": "Number of K-ON heads: entity names are padded or truncated to K tokens (eq. 8)."})
     head_init: Literal["zero", "default"] = field(default="zero", metadata={
@@ -147,7 +150,6 @@ class ModelConfig:
         for name in ("lora_dropout", "attention_dropout", "score_lora_dropout"):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, f"model.{name}={value}: must be in [0, 1)")
-        check(bool(self.lora_targets), "model.lora_targets=(): name at least one module")
         if self.backbone == EMBEDDED and self.conditional_attention:
             hidden = self.embedded.hidden_size
             check(
