@@ -19,7 +19,7 @@ from kon_ray.config import ConfigError
 from kon_ray.data.tokenizer import train_tokenizer
 from kon_ray.results import provenance
 from kon_ray.training import run
-from tests.conftest import tiny_config, write_tiny_kg
+from tests.conftest import tiny_config
 
 # Validation (and a checkpoint) every 2 steps of the tiny KG's 18 steps per epoch.
 SHORT = ("train.max_steps=6", "train.evals_per_epoch=9")
@@ -182,14 +182,30 @@ def test_tokenizer_identity_follows_its_contents_not_its_folder(tmp_path: Path) 
     assert tokenizer_identity(other)["hash"] != tokenizer_identity(tokenizer)["hash"]
 
 
-def test_backbone_identity_follows_the_weights_of_a_saved_model(tmp_path: Path) -> None:
-    from tests.saved_models import save_tiny_llama
-
+def test_backbone_identity_follows_the_weights_of_a_saved_model(tiny_kg: Path, tmp_path: Path) -> None:
     from kon_ray.backbone import backbone_identity
     from kon_ray.config import ModelConfig
+    from tests.backbones import write_backbone
 
-    kg = write_tiny_kg(tmp_path / "kg")
-    first = backbone_identity(ModelConfig(backbone=str(save_tiny_llama(tmp_path / "llama", kg, seed=0))))
-    again = backbone_identity(ModelConfig(backbone=str(save_tiny_llama(tmp_path / "llama", kg, seed=0))))
-    other = backbone_identity(ModelConfig(backbone=str(save_tiny_llama(tmp_path / "llama", kg, seed=1))))
+    def identity(seed: int) -> dict[str, str]:
+        return backbone_identity(ModelConfig(backbone=str(write_backbone("llama", tiny_kg, tmp_path / "b", seed))))
+
+    first, again, other = identity(0), identity(0), identity(1)
     assert first == again and other["hash"] != first["hash"]
+
+
+def test_resume_with_another_backbone_in_the_same_folder_is_refused(
+    tiny_kg: Path, tmp_path: Path, crash_after: Callable[[int], Path]
+) -> None:
+    """A backbone folder saved again with other weights is another backbone, whatever its name."""
+    from tests.backbones import write_backbone
+    from tests.conftest import backbone_config
+
+    base = write_backbone("llama", tiny_kg, tmp_path / "llama", seed=0)
+    config = backbone_config(tiny_kg, base, *SHORT)
+    crash_after(2)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run(config, tmp_path / "run")
+    write_backbone("llama", tiny_kg, base, seed=1)
+    with pytest.raises(ConfigError, match=f"backbone {base} \\(hash [0-9a-f]{{16}}\\) -> {base} \\(hash"):
+        run(config, tmp_path / "run")

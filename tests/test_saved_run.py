@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,7 @@ from kon_ray.evaluation import metrics_from_table
 from kon_ray.predict import ask, prompt_batch, resolve
 from kon_ray.saved_run import export, load_run, model_folder
 from kon_ray.training import evaluate, run
-from tests.conftest import tiny_config
-from tests.saved_models import save_tiny_llama
+from tests.conftest import backbone_config, tiny_config
 
 SHORT = ("train.max_steps=6", "train.evals_per_epoch=9")
 
@@ -119,12 +119,14 @@ def test_embedded_export_loads_in_a_fresh_process_with_the_run_scores(trained: P
                                ranks["target_score"], rtol=1e-4)  # fmt: skip
 
 
-def test_lora_export_loads_with_peft_on_the_base_with_the_run_s_scores(tiny_kg: Path, tmp_path: Path) -> None:
-    base = save_tiny_llama(tmp_path / "llama", tiny_kg)
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_lora_export_loads_with_peft_on_the_base_with_the_run_scores(
+    backbones: Callable[[str], Path], tiny_kg: Path, tmp_path: Path, family: str
+) -> None:
+    """A SentencePiece Llama without a pad token, and a GPT-2 with tied embeddings."""
+    base = backbones(family)
     out = tmp_path / "run"
-    lora = (f"model.backbone={base}", "data.prompt=compact", "data.test_limit=6")
-    config = tiny_config(tiny_kg, *lora, *SHORT)
-    run(config, out)
+    run(backbone_config(tiny_kg, base, "data.prompt=compact", "data.test_limit=6", *SHORT), out)
     names = load_file(str(out / "model" / "trainable.safetensors")).keys()
     assert names and all("lora_" in n or n.startswith("kon.") for n in names)  # never the frozen backbone
     main(["export", str(out), "--out", str(tmp_path / "export")])
