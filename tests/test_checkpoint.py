@@ -188,7 +188,8 @@ def test_backbone_identity_follows_the_weights_of_a_saved_model(tiny_kg: Path, t
     from tests.backbones import write_backbone
 
     def identity(seed: int) -> dict[str, str]:
-        return backbone_identity(ModelConfig(backbone=str(write_backbone("llama", tiny_kg, tmp_path / "b", seed))))
+        folder = write_backbone("llama", tiny_kg, tmp_path / "b", seed)
+        return backbone_identity(ModelConfig(backbone=str(folder)))
 
     first, again, other = identity(0), identity(0), identity(1)
     assert first == again and other["hash"] != first["hash"]
