@@ -21,12 +21,14 @@ from tests.conftest import read_scalars
 @pytest.fixture
 def logs(tmp_path: Path) -> Iterator[Path]:
     """Logging as ``kon-ray`` sets it up (default verbosity), the log file in ``tmp_path``; undone after."""
-    root = logging.getLogger()
-    level = root.level
+    root, ray_logger = logging.getLogger(), logging.getLogger("ray")
+    level, ray_handlers, ray_propagate = root.level, ray_logger.handlers, ray_logger.propagate
     console.setup(verbose=False)
     path = console.open_log(tmp_path)
+    console.capture_ray_logging()  # as the CLI does after importing Ray (an earlier test may have)
     assert path.read_text().endswith(f"INFO kon_ray.console: log: {path}\n")  # named on the terminal too
     yield path
+    ray_logger.handlers, ray_logger.propagate = ray_handlers, ray_propagate
     console.close_log()
     root.removeHandler(console._console.handler)
     console._console.handler = None

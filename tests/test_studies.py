@@ -101,7 +101,8 @@ def cli(*args: str) -> list[str]:
 @pytest.mark.slow
 def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(tiny_kg: Path, tmp_path: Path) -> None:
     """Kill the driver (and its local Ray) once a trial has finished; --resume finishes the rest."""
-    body = f'study = Study(name="killed", base={tiny_base(tiny_kg)!r}, grid={{"model.k": [2, 4]}}, max_concurrent_trials=1)'
+    body = f'study = Study(name="killed", base={tiny_base(tiny_kg)!r}, grid={{"model.k": [2, 4]}}, max_concurrent_trials=1, '
+    body += 'analyses=("heads_curve",))'
     path, storage = write_study(tmp_path, "killed", body), tmp_path / "runs"
     folder = storage / "killed"
     driver = subprocess.Popen([*cli("study", "run", str(path), "--storage", str(storage))], start_new_session=True)
@@ -171,6 +172,11 @@ def test_grid_with_a_failing_trial_retries_and_records_it(
     assert set(table["config.data.dataset"]) == {str(tiny_kg)} and set(table["config.model.backbone"]) == {"embedded"}
     exported = pd.read_parquet(tmp_path / "grid" / "grid.parquet")
     assert len(exported) == 2 and (tmp_path / "grid" / "grid.csv").exists()
+    from kon_ray.saved_run import load_run
+
+    for _, row in table.iterrows():  # each trial keeps its best weights and tokenizer, found by its id
+        saved = load_run(tmp_path / "grid" / row["trial_id"])
+        assert saved.setup.config.model.k == row["config.model.k"] and saved.record["test.mrr"] == row["test.mrr"]
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from kon_ray.config import DataConfig
+from kon_ray.config import ConfigError, DataConfig
 from kon_ray.data.cache import cache_key, cached_dir
 from kon_ray.data.kg import KnowledgeGraph
 from kon_ray.data.queries import HEAD, TAIL, Queries
@@ -59,18 +59,26 @@ def _tokenize(
             yield tokenizer(chunk, add_special_tokens=special)["input_ids"]
 
 
-def _answer_ids(tokenizer: PreTrainedTokenizerBase, names: list[str]) -> Iterator[list[int]]:
-    """Token ids of each name as it follows the prompt (after a space), without BOS/EOS."""
-    lone_space: dict[int, bool] = {}
-    for chunk in _tokenize(tokenizer, (" " + name for name in names), special=False):
-        for ids in chunk:
-            # Tokenizers that mark word starts themselves (SentencePiece) emit a lone space first.
-            if len(ids) > 1:
-                if ids[0] not in lone_space:
-                    lone_space[ids[0]] = not tokenizer.decode(ids[:1]).strip()
-                if lone_space[ids[0]]:
-                    ids = ids[1:]
-            yield ids
+def _answer_ids(tokenizer: PreTrainedTokenizerBase, names: list[str], template: str) -> Iterator[list[int]]:
+    """Token ids of each name as the backbone reads it after the prompt, without BOS/EOS.
+
+    A name is tokenised after the prompt's last word and that word's own ids are cut off: a name
+    alone, even after a space, can split otherwise (SentencePiece's '▁▁' + 'Name' for ' Name',
+    where the prompt is followed by '▁Name').
+    """
+    last = TEMPLATES[template][TAIL].rsplit(" ", 1)[-1]
+    context = tokenizer([last], add_special_tokens=False)["input_ids"][0]
+    start = 0
+    for chunk in _tokenize(tokenizer, (f"{last} {name}" for name in names), special=False):
+        for i, ids in enumerate(chunk, start):
+            if ids[: len(context)] != context:
+                raise ConfigError(
+                    f"model.backbone={tokenizer.name_or_path}: its tokenizer merges the entity name "
+                    f"{names[i]!r} with the prompt's last word {last!r} (data.prompt={template}), so eq. 8's "
+                    "tokens are not the name's"
+                )
+            yield ids[len(context) :]
+        start += len(chunk)
 
 
 def _ragged(chunks: Iterator[list[list[int]]]) -> tuple[np.ndarray, np.ndarray]:
@@ -209,10 +217,11 @@ def encode_kg(
         template=TEMPLATES[template],
         k=k,
         anchor_tokens=anchor_tokens,
+        answers="after the prompt's last word",  # how eq. 8's tokens are cut from the text
     )
 
     def build(folder: Path) -> None:
-        answer = list(_answer_ids(tokenizer, list(kg.entity_names)))
+        answer = list(_answer_ids(tokenizer, list(kg.entity_names), template))
         lengths = np.fromiter(map(len, answer), dtype=np.int64, count=len(answer))
         table = np.full((kg.num_entities, k), pad_id, dtype=np.int64)
         for e, ids in enumerate(answer):

@@ -28,6 +28,7 @@ from kon_ray.distributed import (
     total_resources,
     worker_slots,
 )
+from kon_ray.paper import published_to_json
 from kon_ray.results import write_json
 from kon_ray.studies.folder import SPEC_FILE, TrialSpec, experiment_dir
 from kon_ray.studies.study import Study, check_study, trial_count
@@ -147,6 +148,8 @@ def run_study(
         mode=study.mode,
         trials=trial_count(study),
         train_storage=str(folder / "train"),
+        analyses=study.analyses,
+        paper=published_to_json(study.paper),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
     if tune.Tuner.can_restore(str(folder)):
