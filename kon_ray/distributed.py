@@ -36,8 +36,8 @@ AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 
 def start_ray(address: str | None, **local: Any) -> None:
-    """Join ``address`` (e.g. 'auto' on a cluster) or start a local Ray bound to 127.0.0.1,
-    ``local`` being further ``ray.init`` arguments for it (``num_cpus``, ``resources``).
+    """Join ``address`` (e.g. 'auto' on a cluster) or start a new local Ray bound to 127.0.0.1, never
+    one already running here; ``local`` are further ``ray.init`` arguments for it (``num_cpus``).
 
     Ray reads the loopback switch when it is first imported, so this runs before any import of ray.
     """
@@ -49,7 +49,7 @@ def start_ray(address: str | None, **local: Any) -> None:
         return
     console.capture_ray_logging()
     if address is None:
-        ray.init(_node_ip_address="127.0.0.1", runtime_env=local_runtime_env(), **local)
+        ray.init(address="local", _node_ip_address="127.0.0.1", runtime_env=local_runtime_env(), **local)
     elif address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):  # e.g. a ray.cluster_utils.Cluster
         ray.init(address=address, runtime_env=local_runtime_env())
     else:
