@@ -44,7 +44,8 @@ def naive_metrics(queries: Queries, index: AnswerIndex, scores: torch.Tensor, ti
         others = [e for e in range(ENTITIES) if e != target and not known[q, e]]
         above = sum(row[e] > row[target] for e in others)
         tied = sum(row[e] == row[target] for e in others)
-        ranks.append({"optimistic": 1 + above, "pessimistic": 1 + above + tied, "realistic": 1 + above + tied / 2}[ties])
+        rank = {"optimistic": 1 + above, "pessimistic": 1 + above + tied, "realistic": 1 + above + tied / 2}
+        ranks.append(rank[ties])
     out: dict[str, float] = {}
     for prefix, chosen in (("", range(len(queries))), ("tail.", np.flatnonzero(queries.direction == 0)),
                            ("head.", np.flatnonzero(queries.direction == 1))):  # fmt: skip

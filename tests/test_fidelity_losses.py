@@ -26,21 +26,24 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def naive_eq12(pos: torch.Tensor, neg: torch.Tensor, floor: float) -> float:
-    per_query = [
-        -math.log(math.exp(pos[b]) + floor) + sum(math.log(math.exp(x) + floor) for x in neg[b]) / neg.shape[1]
-        for b in range(len(pos))
-    ]
+    def floored(log_p: torch.Tensor) -> float:
+        return math.log(math.exp(log_p) + floor)
+
+    per_query = [-floored(pos[b]) + sum(floored(x) for x in neg[b]) / neg.shape[1] for b in range(len(pos))]
     return sum(per_query) / len(per_query)
 
 
 def naive_infonce(pos: torch.Tensor, neg: torch.Tensor) -> float:
     per_query = [
-        -pos[b].item() + math.log(math.exp(pos[b]) + sum(math.exp(x) for x in neg[b])) for b in range(len(pos))
+        -pos[b].item() + math.log(math.exp(pos[b]) + sum(math.exp(x) for x in neg[b]))
+        for b in range(len(pos))
     ]
     return sum(per_query) / len(per_query)
 
 
-def naive_bce_adversarial(pos: torch.Tensor, neg: torch.Tensor, temperature: float, probability: bool) -> float:
+def naive_bce_adversarial(
+    pos: torch.Tensor, neg: torch.Tensor, temperature: float, probability: bool
+) -> float:
     def logit(s: float) -> float:
         return s - math.log(1 - math.exp(s)) if probability else s
 
@@ -75,14 +78,17 @@ def test_bce_adversarial_batch(probability: bool) -> None:
 
 
 def test_bce_adversarial_probability_clamp_keeps_p_one_finite() -> None:
-    """p = 1 (log p = 0) would give logit +inf; the clamp at 1 - 1e-6 keeps loss and gradient finite."""
+    """p = 1 (log p = 0) would give logit +inf and a NaN gradient; clamping p at 1 - 1e-6 keeps
+    the positive's term at log(1 + 1e-6 / (1 - 1e-6)) and its gradient finite."""
     pos = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    neg = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    neg = torch.full((2, 3), math.log(1e-9), dtype=torch.float64, requires_grad=True)  # terms ~1e-9
     value = losses.bce_adversarial(pos, neg, 0.5, probability=True)
     value.backward()
-    assert math.isfinite(value.item()) and torch.isfinite(neg.grad).all()
-    logit = math.log((1 - 1e-6) / 1e-6)
-    assert value.item() == pytest.approx(math.log1p(math.exp(-logit)) + math.log1p(math.exp(logit)), rel=1e-6)
+    assert torch.isfinite(pos.grad).all() and torch.isfinite(neg.grad).all()
+    assert value.item() == pytest.approx(math.log1p(1e-6 / (1 - 1e-6)) - math.log1p(-1e-9), rel=1e-6)
+    ones = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)  # negatives at p = 1 too
+    losses.bce_adversarial(torch.zeros(1, dtype=torch.float64), ones, 0.5, probability=True).backward()
+    assert torch.isfinite(ones.grad).all()
 
 
 def test_bce_adversarial_weights_carry_no_gradient() -> None:
@@ -106,8 +112,11 @@ def test_contrastive_dispatches_with_its_settings(name: str) -> None:
         "infonce": lambda: losses.infonce(pos, neg),
         "bce_adversarial": lambda: losses.bce_adversarial(pos, neg, 3.0, True),
     }[name]()
-    assert losses.contrastive(pos, neg, config, probability=True).item() == pytest.approx(expected.item(), rel=1e-12)
-    others = [losses.eq12(pos, neg, 0.02), losses.infonce(pos, neg), losses.bce_adversarial(pos, neg, 3.0, True)]
+    got = losses.contrastive(pos, neg, config, probability=True)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+    others = [
+        losses.eq12(pos, neg, 0.02), losses.infonce(pos, neg), losses.bce_adversarial(pos, neg, 3.0, True)
+    ]
     assert sum(abs(o.item() - expected.item()) < 1e-9 for o in others) == 1  # the three differ here
 
 
@@ -172,3 +181,22 @@ def test_tdt_gradient_reaches_the_target_unless_detached() -> None:
     llm = torch.randn(3, 4, requires_grad=True)
     losses.tdt(kon, llm, 1, detach_target=False).backward()
     assert llm.grad is not None and llm.grad.abs().sum() > 0 and kon.grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_losses_on_cuda_match_cpu() -> None:
+    """Every loss runs on the device of its inputs (InfoNCE's labels included) and agrees with the CPU."""
+    pos, neg = batch()
+    logits, tokens = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 3, 5, 2, 2])
+    for name in ("eq12", "infonce", "bce_adversarial"):
+        config = LossConfig(contrastive=name, floor=FLOOR)
+        cpu = losses.contrastive(pos, neg, config, probability=True)
+        assert losses.contrastive(pos.cuda(), neg.cuda(), config, True).item() == pytest.approx(cpu.item())
+    htt = LossConfig(floor=FLOOR)
+    assert losses.sft(logits.cuda(), tokens.cuda(), 2, htt).item() == pytest.approx(
+        losses.sft(logits, tokens, 2, htt).item(), rel=1e-6
+    )
+    assert losses.tdt(logits.cuda(), logits.flip(1).cuda(), 2, True).item() == pytest.approx(
+        losses.tdt(logits, logits.flip(1), 2, True).item(), rel=1e-6
+    )

@@ -51,7 +51,9 @@ def naive_head_mlp(mlp: HeadMLP, h0: torch.Tensor) -> torch.Tensor:
     return naive_rmsnorm(x * torch.sigmoid(x), mlp.norm.weight, mlp.norm.eps)
 
 
-def naive_causal_attention(attention: torch.nn.MultiheadAttention, hh: torch.Tensor, heads: int) -> torch.Tensor:
+def naive_causal_attention(
+    attention: torch.nn.MultiheadAttention, hh: torch.Tensor, heads: int
+) -> torch.Tensor:
     """Eq. 4: multi-head attention where step i attends to steps j <= i only (M_ij = 1 iff i >= j)."""
     batch, steps, dim = hh.shape
     wq, wk, wv = attention.in_proj_weight.chunk(3)
@@ -71,7 +73,8 @@ def naive_causal_attention(attention: torch.nn.MultiheadAttention, hh: torch.Ten
 def naive_forward(kon: KON, h0: torch.Tensor, output_weight: torch.Tensor) -> torch.Tensor:
     """Eq. 3-7 for every step k: logits (B, K, V)."""
     c = kon.config
-    hh = torch.stack([naive_head_mlp(kon.head_mlps[0 if c.shared_head_mlp else k], h0) for k in range(c.k)], 1)
+    mlps = [kon.head_mlps[0 if c.shared_head_mlp else k] for k in range(c.k)]
+    hh = torch.stack([naive_head_mlp(mlp, h0) for mlp in mlps], 1)
     if c.conditional_attention:
         attended = naive_causal_attention(kon.attention, hh, c.attention_heads)
     else:
@@ -108,7 +111,11 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("changes", VARIANTS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "paper")
+def variant_id(changes: dict[str, object]) -> str:
+    return ",".join(f"{k}={v}" for k, v in changes.items()) or "paper"
+
+
+@pytest.mark.parametrize("changes", VARIANTS, ids=variant_id)
 def test_forward_matches_naive_equations(changes: dict[str, object]) -> None:
     """Eq. 3-7 (and the published residual, the shared variants, no conditional attention)."""
     kon = randomised_kon(**changes)
@@ -137,7 +144,8 @@ def test_head_mlp_is_norm_of_silu() -> None:
 
 
 def test_zero_init_head_mlp_outputs_zero_and_still_learns() -> None:
-    """Zero init: the output is 0 (eq. 5 then passes h0 through) and the gain gets a finite, nonzero gradient."""
+    """Zero init: the output is 0 (eq. 5 then passes h0 through), and the gain gets a finite,
+    nonzero gradient."""
     mlp = HeadMLP(DIM, zero_init=True)
     assert not torch.equal(mlp.linear.weight, torch.zeros_like(mlp.linear.weight))
     out = mlp(torch.randn(3, DIM))
@@ -221,7 +229,9 @@ def test_step_log_probs(space: str) -> None:
     torch.testing.assert_close(kon.step_log_probs(logits), expected, atol=ATOL, rtol=ATOL)
 
 
-def naive_entity_scores(kon: KON, step: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def naive_entity_scores(
+    kon: KON, step: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Eq. 8-11 with loops: gather each real step's score of the entity's k-th token and combine.
 
     Probability space, sum: log sum_k a_k p_k, a = softmax(theta) over the entity's real steps.
@@ -245,7 +255,10 @@ def naive_entity_scores(kon: KON, step: torch.Tensor, tokens: torch.Tensor, mask
     return out
 
 
-@pytest.mark.parametrize(("joint", "space"), [("sum", "probability"), ("product", "probability"), ("sum", "logit")])
+SCORINGS = [("sum", "probability"), ("product", "probability"), ("sum", "logit")]
+
+
+@pytest.mark.parametrize(("joint", "space"), SCORINGS)
 def test_entity_scores_match_naive_gathering(joint: str, space: str) -> None:
     kon = randomised_kon(joint=joint, score_space=space)
     step = kon.step_log_probs(torch.randn(3, K, VOCAB) * 2)
@@ -265,7 +278,8 @@ def test_initial_step_weights_are_zero() -> None:
     for weights in ("learnable", "constant"):
         kon = KON(ModelConfig(k=K, attention_heads=HEADS, joint_weights=weights), DIM, VOCAB)
         assert torch.equal(kon.step_weights, torch.zeros(K))
-    assert isinstance(KON(ModelConfig(k=K, attention_heads=HEADS), DIM, VOCAB).step_weights, torch.nn.Parameter)
+    learnable = KON(ModelConfig(k=K, attention_heads=HEADS), DIM, VOCAB).step_weights
+    assert isinstance(learnable, torch.nn.Parameter)
 
 
 def test_sum_of_probabilities_is_a_probability() -> None:
@@ -275,7 +289,8 @@ def test_sum_of_probabilities_is_a_probability() -> None:
     tokens = torch.zeros(3, K, dtype=torch.long)
     mask = torch.arange(K)[None] < torch.tensor([1, 2, 4])[:, None]
     with torch.no_grad():
-        torch.testing.assert_close(kon.entity_scores(step, tokens, mask), torch.zeros(1, 3), atol=ATOL, rtol=0)
+        scores = kon.entity_scores(step, tokens, mask)
+    torch.testing.assert_close(scores, torch.zeros(1, 3), atol=ATOL, rtol=0)
 
 
 def test_gradient_reaches_every_trainable_weight() -> None:

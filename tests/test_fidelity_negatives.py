@@ -19,8 +19,9 @@ def test_sampler_mixed_batch_of_dense_and_sparse_rows() -> None:
     hub = [(0, 0, t) for t in range(1, 12)]  # (0, r0, ?) has 11 answers among 20 entities: 9 non-answers
     triples = np.array(hub + [(h, 0, int(rng.integers(0, 20))) for h in range(1, 20)])
     index = AnswerIndex.build([triples], 20, 1)
-    queries = Queries(np.array([0, 1, 0, 2] * 50), np.zeros(200, dtype=np.int64), np.zeros(200, dtype=np.int64),
-                      np.array([1, int(triples[11, 2]), 5, int(triples[12, 2])] * 50))  # fmt: skip
+    zeros = np.zeros(200, dtype=np.int64)
+    targets = np.array([1, int(triples[11, 2]), 5, int(triples[12, 2])] * 50)
+    queries = Queries(np.array([0, 1, 0, 2] * 50), zeros, zeros, targets)
     negatives = sample_negatives(index, queries, 6, torch.Generator().manual_seed(0))
     allowed = ~index.mask(queries)
     allowed[torch.arange(200), torch.from_numpy(queries.target)] = False

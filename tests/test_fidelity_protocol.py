@@ -124,7 +124,8 @@ def test_ranking_filters_answers_of_every_split(split_setup: Setup) -> None:
     _, table = evaluate(s, "test", None)
     queries = both_directions(s.kg.test)
     scores = reference_scores(s, queries)
-    np.testing.assert_allclose(table["target_score"], scores[torch.arange(len(queries)), queries.target], atol=1e-5)
+    target_scores = scores[torch.arange(len(queries)), queries.target]
+    np.testing.assert_allclose(table["target_score"], target_scores, atol=1e-5)
     expected = naive_ranks(scores, queries, known_answers(s.kg.train, s.kg.valid, s.kg.test))
     assert within(table["optimistic"].tolist(), expected) and within(table["pessimistic"].tolist(), expected)
     # The case discriminates: filtering training answers only (or train and test) would rank otherwise.
@@ -136,7 +137,8 @@ def test_ranking_filters_answers_of_every_split(split_setup: Setup) -> None:
 def test_setup_indexes_train_for_negatives_and_every_split_for_filtering(split_setup: Setup) -> None:
     s = split_setup
     queries = both_directions(np.concatenate([s.kg.train, s.kg.valid, s.kg.test]))
-    for index, splits in ((s.train_index, (s.kg.train,)), (s.filter_index, (s.kg.train, s.kg.valid, s.kg.test))):
+    every_split = (s.kg.train, s.kg.valid, s.kg.test)
+    for index, splits in ((s.train_index, (s.kg.train,)), (s.filter_index, every_split)):
         answers = known_answers(*splits)
         mask = index.mask(queries)
         for q in range(len(queries)):
@@ -221,7 +223,8 @@ def test_eq8_mask_covers_exactly_the_real_tokens(split_setup: Setup) -> None:
         n = lengths[chunk.target[b]]
         last = int(batch.last[b])
         assert last == int(prompt.last[b]) and int(batch.attention_mask[b].sum()) == last + 1 + n
-        assert batch.input_ids[b, last + 1 : last + 1 + n].tolist() == s.encoded.entity_tokens[chunk.target[b], :n].tolist()
+        appended = batch.input_ids[b, last + 1 : last + 1 + n]
+        assert appended.tolist() == s.encoded.entity_tokens[chunk.target[b], :n].tolist()
         assert batch.target_mask[b].tolist() == [step < n for step in range(k)]
 
 
