@@ -12,13 +12,12 @@ import datetime
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from kon_ray.config import ConfigError, RunConfig, apply_overrides
+from kon_ray.config import ConfigError, RunConfig
 from kon_ray.distributed import (
     build_trainer,
     check_resources,
@@ -29,51 +28,13 @@ from kon_ray.distributed import (
     worker_slots,
 )
 from kon_ray.results import write_json
-from kon_ray.studies.study import Study, check_study, trial_count, trial_overrides
+from kon_ray.studies.folder import SPEC_FILE, TrialSpec, experiment_dir
+from kon_ray.studies.study import Study, check_study, trial_count
 
 log = logging.getLogger(__name__)
 
-SPEC_FILE = "study.json"
 SLOT = "trial_slot"  # a 0-CPU resource a trial's driver holds, so that only workers take CPUs
 ASHA_MAX_REPORTS = 1000
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """What every trial of a study shares; saved as ``study.json`` beside Tune's state."""
-
-    study: str
-    base: Mapping[str, Any]
-    variants: Mapping[str, Mapping[str, Any]]
-    extra: Mapping[str, Any]
-    """The command line's global overrides, on top of every trial."""
-    varied: tuple[str, ...]
-    metric: str
-    mode: str
-    trials: int
-    """Trials the study runs: its grid x variants x seeds, or its Optuna sample budget."""
-    train_storage: str
-    """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
-    loop_extra: Mapping[str, Any] = field(default_factory=dict)
-    """Extra ``distributed.worker`` arguments (fault injection in tests)."""
-
-    def config(self, params: Mapping[str, Any]) -> RunConfig:
-        return apply_overrides(RunConfig(), trial_overrides(self.base, self.variants, params, self.extra))
-
-    def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "varied": list(self.varied)}
-
-
-def experiment_dir(study: Study, storage: str | Path) -> Path:
-    return Path(storage).resolve() / study.name
-
-
-def read_spec(folder: Path) -> TrialSpec:
-    path = folder / SPEC_FILE
-    if not path.is_file():
-        raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
-    values = json.loads(path.read_text())
-    return TrialSpec(**{**values, "varied": tuple(values["varied"]), "loop_extra": {}})
 
 
 def final_row(metrics: dict[str, Any], config: RunConfig, started: str) -> dict[str, Any]:
@@ -106,7 +67,7 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     config = spec.config(params)
     started = _now()
     name = f"train-{tune.get_context().get_trial_id()}"
-    trainer = build_trainer(config, name, spec.train_storage, 0, dict(spec.loop_extra), [ValidationToTune()])
+    trainer = build_trainer(config, name, spec.train_storage, 0, [ValidationToTune()])
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -158,7 +119,6 @@ def run_study(
     storage: str | Path = "runs/studies",
     address: str | None = None,
     resume: bool = False,
-    loop_extra: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Run (or with ``resume``, finish) ``study``; return and export its result table."""
     from kon_ray.studies.table import export_table, study_table
@@ -186,7 +146,6 @@ def run_study(
         mode=study.mode,
         trials=trial_count(study),
         train_storage=str(folder / "train"),
-        loop_extra=dict(loop_extra or {}),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
     if tune.Tuner.can_restore(str(folder)):
@@ -195,7 +154,7 @@ def run_study(
         log.info("%s: resuming from %s", study.name, folder)
         tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
     else:
-        write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides), "loop_extra": {}})
+        write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides)})
         tuner = _new_tuner(study, spec, trainable, folder, concurrent)
     log.info("%s: %d trials, up to %d at once, in %s", study.name, trial_count(study), concurrent, folder)
     logging.getLogger("tensorboardX.summary").setLevel(logging.WARNING)  # renames of 'hits@k' metrics
