@@ -18,7 +18,12 @@ cd "$(dirname "$0")/.."
 module=${1:?usage: scripts/mutation.sh losses|model|evaluation|negatives [MUTANT_GLOB]}
 
 case "$module" in  # the module's file and its fast tests
-  losses) file=kon_ray/losses.py; tests=(tests/test_losses.py tests/test_fidelity_losses.py) ;;
+  losses) file=kon_ray/losses.py  # step_losses (Algorithm 1): whole-model tests
+          tests=(tests/test_losses.py tests/test_fidelity_losses.py
+                 tests/test_fidelity_protocol.py::test_contrastive_positive_is_the_target
+                 tests/test_fidelity_protocol.py::test_step_losses_are_the_weighted_terms_and_their_sum
+                 tests/test_fidelity_protocol.py::test_kl_target_detach_setting_reaches_the_loss
+                 tests/test_training.py::test_htt_losses_on_real_steps_equal_the_masked_padded_form) ;;
   model) file=kon_ray/model.py; tests=(tests/test_model.py tests/test_fidelity_model.py) ;;
   evaluation) file=kon_ray/evaluation.py
               tests=(tests/test_evaluation.py tests/test_fidelity_evaluation.py) ;;

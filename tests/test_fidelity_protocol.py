@@ -177,22 +177,58 @@ def test_headline_metrics_use_the_configured_ties(tiny_kg: Path) -> None:
     assert len(columns) == 3  # the case discriminates: ties occur
 
 
-def test_contrastive_positive_is_the_target(split_setup: Setup) -> None:
-    """L_nce of a micro-batch equals the configured loss on (target score, negatives' scores),
-    both read from the all-entity ranking scores of the same queries."""
-    s = split_setup
-    loss = dataclasses.replace(s.config.loss, contrastive="infonce", nce_weight=0.7)
-    s = dataclasses.replace(s, config=dataclasses.replace(s.config, loss=loss))
-    s.model.eval()  # the same forward pass in both
+def with_loss(s: Setup, **changes: object) -> Setup:
+    loss = dataclasses.replace(s.config.loss, **changes)
+    return dataclasses.replace(s, config=dataclasses.replace(s.config, loss=loss))
+
+
+def micro_batch(s: Setup) -> tuple[Queries, torch.Tensor]:
     chunk = both_directions(s.kg.train).take(np.arange(0, 64, 3))
-    negatives = sample_negatives(s.train_index, chunk, 8, torch.Generator().manual_seed(0))
+    return chunk, sample_negatives(s.train_index, chunk, 8, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", ["eq12", "infonce", "bce_adversarial"])
+def test_contrastive_positive_is_the_target(split_setup: Setup, name: str) -> None:
+    """L_nce of a micro-batch equals the configured loss on (target score, negatives' scores),
+    both read from the all-entity ranking scores of the same queries (probability space)."""
+    s = with_loss(split_setup, contrastive=name, nce_weight=0.7)
+    s.model.eval()  # the same forward pass in both
+    chunk, negatives = micro_batch(s)
     got = compute_losses(s, chunk, negatives)["nce"]
     scores = reference_scores(s, chunk).double()
     rows = torch.arange(len(chunk))
+    loss = s.config.loss
     expected = 0.7 * contrastive(scores[rows, chunk.target], scores[rows[:, None], negatives], loss, True)
     assert got.item() == pytest.approx(expected.item(), rel=1e-4)
     swapped = 0.7 * contrastive(scores[rows, negatives[:, 0]], scores[rows[:, None], negatives], loss, True)
-    assert abs(swapped.item() - expected.item()) > 0.05  # the case discriminates
+    assert abs(swapped.item() - expected.item()) > 0.01  # the case discriminates
+
+
+WEIGHTS = [(0.7, 0.2, 0.3), (0.0, 0.2, 0.3), (0.7, 0.0, 0.3), (0.7, 0.2, 0.0), (0.7, 0.0, 0.0)]
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_step_losses_are_the_weighted_terms_and_their_sum(split_setup: Setup, weights: tuple[float, ...]) -> None:
+    """A weight of 0 (Table 3's 'w/o' rows) leaves its term out; ``loss`` is the sum of the others."""
+    names = ("nce", "sft", "tdt")
+    s = with_loss(split_setup, **{f"{name}_weight": w for name, w in zip(names, weights, strict=True)})
+    s.model.eval()
+    out = compute_losses(s, *micro_batch(s))
+    assert set(out) == {name for name, w in zip(names, weights, strict=True) if w > 0} | {"loss"}
+    assert out["loss"].item() == pytest.approx(sum(out[name].item() for name in names if name in out))
+
+
+def test_kl_target_detach_setting_reaches_the_loss(split_setup: Setup) -> None:
+    """loss.kl_detach_target decides whether L_tdt's gradient reaches the backbone through its head."""
+    grads = []
+    for detach in (True, False):
+        s = with_loss(split_setup, nce_weight=0.0, sft_weight=0.0, tdt_weight=1.0, kl_detach_target=detach)
+        s.model.eval()
+        s.model.zero_grad(set_to_none=True)
+        compute_losses(s, *micro_batch(s))["loss"].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in s.model.backbone.parameters() if p.grad is not None]))
+    s.model.zero_grad(set_to_none=True)
+    assert grads[0].abs().sum() > 0 and not torch.allclose(grads[0], grads[1])
 
 
 def test_eq8_mask_covers_exactly_the_real_tokens(split_setup: Setup) -> None:
