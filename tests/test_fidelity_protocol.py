@@ -208,7 +208,9 @@ WEIGHTS = [(0.7, 0.2, 0.3), (0.0, 0.2, 0.3), (0.7, 0.0, 0.3), (0.7, 0.2, 0.0), (
 
 
 @pytest.mark.parametrize("weights", WEIGHTS)
-def test_step_losses_are_the_weighted_terms_and_their_sum(split_setup: Setup, weights: tuple[float, ...]) -> None:
+def test_step_losses_are_the_weighted_terms_and_their_sum(
+    split_setup: Setup, weights: tuple[float, ...]
+) -> None:
     """A weight of 0 (Table 3's 'w/o' rows) leaves its term out; ``loss`` is the sum of the others."""
     names = ("nce", "sft", "tdt")
     s = with_loss(split_setup, **{f"{name}_weight": w for name, w in zip(names, weights, strict=True)})
@@ -226,7 +228,8 @@ def test_kl_target_detach_setting_reaches_the_loss(split_setup: Setup) -> None:
         s.model.eval()
         s.model.zero_grad(set_to_none=True)
         compute_losses(s, *micro_batch(s))["loss"].backward()
-        grads.append(torch.cat([p.grad.flatten() for p in s.model.backbone.parameters() if p.grad is not None]))
+        reached = [p.grad.flatten() for p in s.model.backbone.parameters() if p.grad is not None]
+        grads.append(torch.cat(reached))
     s.model.zero_grad(set_to_none=True)
     assert grads[0].abs().sum() > 0 and not torch.allclose(grads[0], grads[1])
 
