@@ -93,7 +93,7 @@ def load_backbone(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
-            target_modules=list(config.lora_targets),
+            target_modules=list(config.lora_targets) or None,  # None: peft's default for the architecture
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)

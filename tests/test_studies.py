@@ -101,7 +101,8 @@ def cli(*args: str) -> list[str]:
 @pytest.mark.slow
 def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(tiny_kg: Path, tmp_path: Path) -> None:
     """Kill the driver (and its local Ray) once a trial has finished; --resume finishes the rest."""
-    body = f'study = Study(name="killed", base={tiny_base(tiny_kg)!r}, grid={{"model.k": [2, 4]}}, max_concurrent_trials=1)'
+    body = f'study = Study(name="killed", base={tiny_base(tiny_kg)!r}, grid={{"model.k": [2, 4]}}, max_concurrent_trials=1, '
+    body += 'analyses=("heads_curve",))'
     path, storage = write_study(tmp_path, "killed", body), tmp_path / "runs"
     folder = storage / "killed"
     driver = subprocess.Popen([*cli("study", "run", str(path), "--storage", str(storage))], start_new_session=True)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from kon_ray.config import ConfigError
 from kon_ray.data.cache import cache_key, cached_dir
 from kon_ray.data.kg import KnowledgeGraph
 from kon_ray.data.queries import HEAD, TAIL, Queries
@@ -36,15 +37,25 @@ def template_words(template: str) -> list[str]:
     return [TEMPLATES[template][d].format(entity="", relation="") for d in (TAIL, HEAD)]
 
 
-def _answer_ids(tokenizer: PreTrainedTokenizerBase, names: list[str]) -> list[list[int]]:
-    """Token ids of each name as it follows the prompt (after a space), without BOS/EOS."""
-    spaced = tokenizer([" " + name for name in names], add_special_tokens=False)["input_ids"]
+def _answer_ids(tokenizer: PreTrainedTokenizerBase, names: list[str], template: str) -> list[list[int]]:
+    """Token ids of each name as the backbone reads it after the prompt, without BOS/EOS.
+
+    A name is tokenised after the prompt's last word and that word's own ids are cut off: a name
+    alone, even after a space, can split otherwise (SentencePiece's '▁▁' + 'Name' for ' Name',
+    where the prompt is followed by '▁Name').
+    """
+    last = TEMPLATES[template][TAIL].rsplit(" ", 1)[-1]
+    context = tokenizer([last], add_special_tokens=False)["input_ids"][0]
+    after = tokenizer([f"{last} {name}" for name in names], add_special_tokens=False)["input_ids"]
     out = []
-    for ids in spaced:
-        # Tokenizers that mark word starts themselves (SentencePiece) emit a lone space first.
-        if len(ids) > 1 and not tokenizer.decode(ids[:1]).strip():
-            ids = ids[1:]
-        out.append(ids)
+    for name, ids in zip(names, after, strict=True):
+        if ids[: len(context)] != context:
+            raise ConfigError(
+                f"model.backbone={tokenizer.name_or_path}: its tokenizer merges the entity name {name!r} "
+                f"with the prompt's last word {last!r} (data.prompt={template}), so eq. 8's tokens are not "
+                "the name's"
+            )
+        out.append(ids[len(context) :])
     return out
 
 
@@ -143,10 +154,11 @@ def encode_kg(kg: KnowledgeGraph, tokenizer: PreTrainedTokenizerBase, template: 
         vocab=len(tokenizer),
         template=TEMPLATES[template],
         k=k,
+        answers="after the prompt's last word",  # how eq. 8's tokens are cut from the text
     )
 
     def build(folder: Path) -> None:
-        answer = _answer_ids(tokenizer, list(kg.entity_names))
+        answer = _answer_ids(tokenizer, list(kg.entity_names), template)
         lengths = np.array([len(ids) for ids in answer], dtype=np.int64)
         table = np.full((kg.num_entities, k), pad_id, dtype=np.int64)
         for e, ids in enumerate(answer):

@@ -39,12 +39,16 @@ class TrialSpec:
     """Trials the study runs: its grid x variants x seeds, or its Optuna sample budget."""
     train_storage: str
     """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
+    analyses: tuple[str, ...] = ()
+    """The report's figures and tables the study names."""
+    paper: Mapping[str, Any] | None = None
+    """The study's published values, as ``kon_ray.paper.published_to_json`` writes them."""
 
     def config(self, params: Mapping[str, Any]) -> RunConfig:
         return apply_overrides(RunConfig(), trial_overrides(self.base, self.variants, params, self.extra))
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "varied": list(self.varied)}
+        return {**dataclasses.asdict(self), "varied": list(self.varied), "analyses": list(self.analyses)}
 
 
 def experiment_dir(study: Study, storage: str | Path) -> Path:
@@ -56,7 +60,8 @@ def read_spec(folder: Path) -> TrialSpec:
     if not path.is_file():
         raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
     values = json.loads(path.read_text())
-    return TrialSpec(**{**values, "varied": tuple(values["varied"])})
+    tuples = {name: tuple(values.get(name, ())) for name in ("varied", "analyses")}
+    return TrialSpec(**{**values, **tuples})
 
 
 def folder_of(target: str | Path, storage: str | Path) -> Path:

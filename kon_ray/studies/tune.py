@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from kon_ray.distributed import (
     total_resources,
     worker_slots,
 )
+from kon_ray.paper import published_to_json
 from kon_ray.results import write_json
 from kon_ray.studies.folder import SPEC_FILE, TrialSpec, experiment_dir
 from kon_ray.studies.study import Study, check_study, trial_count
@@ -146,6 +148,8 @@ def run_study(
         mode=study.mode,
         trials=trial_count(study),
         train_storage=str(folder / "train"),
+        analyses=study.analyses,
+        paper=published_to_json(study.paper),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
     if tune.Tuner.can_restore(str(folder)):
@@ -158,6 +162,7 @@ def run_study(
         tuner = _new_tuner(study, spec, trainable, folder, concurrent)
     log.info("%s: %d trials, up to %d at once, in %s", study.name, trial_count(study), concurrent, folder)
     logging.getLogger("tensorboardX.summary").setLevel(logging.WARNING)  # renames of 'hits@k' metrics
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's new output prints a banner even at verbose=0
     tuner.fit()
     table = study_table(folder)
     export_table(table, folder, study.name)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from kon_ray import losses
 from kon_ray.checkpoint import LoopState, trainable_state
+from kon_ray.console import FILE_ONLY
 from kon_ray.data import Queries, both_directions, sample_negatives
 from kon_ray.training import faults
 from kon_ray.training.engine import Schedule
@@ -27,12 +28,20 @@ OnEval = Callable[[Any, dict[str, float], LoopState, "dict[str, torch.Tensor] | 
 """Called on every rank after each validation with (engine, record, state, best weights)."""
 
 
-def compute_losses(s: Setup, queries: Queries, negatives: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Algorithm 1, lines 3-8, for one micro-batch of ``queries`` and their ``negatives`` (B, |N|)."""
+def compute_losses(
+    s: Setup, queries: Queries, negatives: torch.Tensor, engine: Any = None
+) -> dict[str, torch.Tensor]:
+    """Algorithm 1, lines 3-8, for one micro-batch of ``queries`` and their ``negatives`` (B, |N|).
+
+    Training passes its DeepSpeed ``engine``, whose forward the model runs through: ZeRO-3 counts
+    micro-batches there, and without it keeps only the last micro-batch's gradients of a step.
+    """
     batch = s.encoded.batch(queries, with_targets=True).to(s.device)
     candidates = torch.cat([torch.as_tensor(queries.target, device=s.device)[:, None], negatives], dim=1)
+    model = s.model if engine is None else engine
     with s.precision.training(s.device):
-        return losses.step_losses(s.model, batch, s.entity_tokens[candidates], s.entity_mask[candidates], s.config)
+        tokens, mask = s.entity_tokens[candidates], s.entity_mask[candidates]
+        return losses.step_losses(model, batch, tokens, mask, s.config)
 
 
 def micro_seed(seed: int, step: int, micro: int) -> int:
@@ -64,6 +73,7 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
     running: dict[str, float] = {}
     order, order_epoch = np.empty(0, dtype=np.int64), -1
     bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=world.rank != 0, mininterval=10.0)
+    shown = {"loss": "-", "valid MRR": "-", "qps": "-"}  # the bar's postfix
     while state.step < total and state.train_time_s < budget:
         epoch, within = divmod(state.step, steps_per_epoch)
         if epoch != order_epoch:
@@ -78,7 +88,7 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
             chunk = queries.take(rows[micro * cfg.micro_batch : (micro + 1) * cfg.micro_batch])
             generator = torch.Generator().manual_seed(seed)
             negatives = sample_negatives(s.train_index, chunk, s.config.loss.negatives, generator).to(s.device)
-            terms = compute_losses(s, chunk, negatives)
+            terms = compute_losses(s, chunk, negatives, engine)
             engine.backward(terms["loss"])
             engine.step()
             for name, value in terms.items():
@@ -87,14 +97,16 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
         state.train_time_s += world.reduce(time.perf_counter() - start, "max")
         schedule.progress = max(state.step / total, state.train_time_s / budget)
         bar.update(1)
-        qps = state.step * cfg.global_batch / max(state.train_time_s, 1e-9)
-        bar.set_postfix(loss=f"{terms['loss'].item():.3f}", qps=f"{qps:.0f}", refresh=False)
+        shown["loss"] = f"{terms['loss'].item():.3f}"
+        shown["qps"] = f"{state.step * cfg.global_batch / max(state.train_time_s, 1e-9):.0f}"
+        bar.set_postfix(shown, refresh=False)
         if state.step % eval_every == 0 or state.step >= total or state.train_time_s >= budget:
             valid, _ = evaluate(s, "valid", s.config.data.valid_limit, world)
             steps = state.step - (state.history[-1]["step"] if state.history else 0)
             previous_time = state.history[-1]["train_time_s"] if state.history else 0.0
             record = {
                 "step": state.step,
+                "progress": schedule.progress,
                 "epoch": state.step / steps_per_epoch,
                 "train_time_s": state.train_time_s,
                 "queries_per_s": steps * cfg.global_batch / max(state.train_time_s - previous_time, 1e-9),
@@ -106,7 +118,8 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
             }
             running = {}
             state.history.append(record)
-            log.info("step %d: valid MRR %.4f", state.step, valid["mrr"])
+            log.info("step %d: valid MRR %.4f", state.step, valid["mrr"], extra=FILE_ONLY)  # the bar shows it
+            shown["valid MRR"] = f"{valid['mrr']:.4f}"
             if valid["mrr"] > state.best_mrr:
                 state.best_valid = valid
                 best = trainable_state(engine.module)

@@ -67,7 +67,8 @@ def setup(config: RunConfig, device: torch.device | None = None) -> Setup:
     log.info("precision %s", precision)
     backbone = load_backbone(config.model, tokenizer, device, precision.weights, config.train.seed)
     vocab, dim = backbone.get_output_embeddings().weight.shape
-    kon = KON(config.model, dim, vocab).to(device)
+    # The heads in the weights' dtype, as DeepSpeed's bf16 mode casts them (and ranking without an engine).
+    kon = KON(config.model, dim, vocab).to(device, precision.weights)
     return Setup(
         config=config,
         kg=kg,
