@@ -23,7 +23,7 @@ import torch
 from kon_ray.backbone import load_tokenizer
 from kon_ray.data import AnswerIndex, Queries, both_directions, sample_negatives
 from kon_ray.data.prompts import TEMPLATES, encode_kg
-from kon_ray.data.queries import TAIL
+from kon_ray.data.queries import HEAD, TAIL
 from kon_ray.losses import contrastive
 from kon_ray.training import Setup, compute_losses, evaluate, run, setup
 from tests.conftest import tiny_config
@@ -307,7 +307,8 @@ def test_negatives_exclude_only_training_answers(tiny_kg: Path, tmp_path: Path) 
     """Strict negatives: a valid-only answer stays a possible negative.
 
     (?, livesIn, c) has 16 training answers among 51 entities, so 35 remain; a valid triple adds a
-    17th answer. Training with |N| = 35 works only if that valid answer is not excluded.
+    17th answer. |N| = 35 draws all 35, the valid answer among them, only if it is not excluded
+    (excluded, 34 would be drawn and one repeated).
     """
     folder = Path(shutil.copytree(tiny_kg, tmp_path / "kg"))
     train = read_triples(folder / "train.tsv")
@@ -318,9 +319,15 @@ def test_negatives_exclude_only_training_answers(tiny_kg: Path, tmp_path: Path) 
     s = setup(config)
     assert s.kg.num_entities == 51 and len(both_directions(s.kg.train)) == 288
     assert run(config, tmp_path / "run")["steps"] == 1
+    names = s.kg.entity_names
+    c, r, o = names.index(city), s.kg.relation_names.index("lives in"), names.index(outsider)
+    head = next(h for h, rel, t in s.kg.train.tolist() if rel == r and t == c)
+    query = Queries(*(np.array([v], dtype=np.int64) for v in (c, r, HEAD, head)))  # (?, livesIn, city)
+    drawn = sample_negatives(s.train_index, query, 35, torch.Generator().manual_seed(0))[0].tolist()
+    assert o in drawn and len(set(drawn)) == 35  # all 35 non-answers, the valid-only answer among them
     strict = AnswerIndex.build([s.kg.train, s.kg.valid], s.kg.num_entities, s.kg.num_relations)
-    with pytest.raises(ValueError, match="has only 34 non-answers"):  # the case discriminates
-        sample_negatives(strict, both_directions(s.kg.train), 35, torch.Generator().manual_seed(0))
+    drawn = sample_negatives(strict, query, 35, torch.Generator().manual_seed(0))[0].tolist()
+    assert o not in drawn and len(set(drawn)) == 34  # the case discriminates: 34 left, then a repeat
 
 
 def test_evaluation_table_is_in_split_order(split_setup: Setup) -> None:
