@@ -323,10 +323,9 @@ def launch(
     ``storage`` (a folder, or s3://... on a cluster) and ``name`` locate the run's checkpoints:
     launching again with the same two resumes from the latest checkpoint.
     """
-    from kon_ray.data import load_kg
-    from kon_ray.training import check_against_data
+    from kon_ray.data import check_data, load_kg
 
-    check_against_data(config, load_kg(config.data.dataset).slice(config.data.train_limit))
+    check_data(config, load_kg(config.data.dataset).slice(config.data.train_limit))
     if config.train.deepspeed_config and not Path(config.train.deepspeed_config).is_file():
         raise ConfigError(f"train.deepspeed_config={config.train.deepspeed_config}: no such file")
     start_ray(address)

@@ -29,12 +29,6 @@ def check_data(config: RunConfig, kg: KnowledgeGraph) -> None:
             f"data.valid_unseen=True: every valid triple of {kg.name} is a training triple, so none is left "
             "to validate on; set data.valid_unseen=false to validate on them anyway"
         )
-    if config.loss.contrastive == "eq12" and config.model.score_space == "logit":
-        raise ConfigError("loss.contrastive='eq12' needs model.score_space='probability' (it takes log p)")
-    if config.model.joint == "product" and config.model.score_space == "logit":
-        raise ConfigError(
-            "model.joint='product' needs model.score_space='probability' (a product of probabilities)"
-        )
     _check_non_answers(config, kg)
 
 

@@ -8,7 +8,7 @@ from kon_ray.training.engine import Schedule, deepspeed_config, init_process_gro
 from kon_ray.training.evaluate import evaluate
 from kon_ray.training.fit import OnEval, compute_losses, fit, micro_seed
 from kon_ray.training.run import OnCheckpoint, Outcome, run, train_and_test, write_results
-from kon_ray.training.setup import Setup, check_against_data, default_device, setup, trainable_parameters
+from kon_ray.training.setup import Setup, default_device, setup, trainable_parameters
 from kon_ray.training.world import World
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "Schedule",
     "Setup",
     "World",
-    "check_against_data",
     "compute_losses",
     "deepspeed_config",
     "default_device",

@@ -19,8 +19,8 @@ from kon_ray.backbone import (
     tokenizer_identity,
 )
 from kon_ray.checkpoint import RunIdentity
-from kon_ray.config import ConfigError, RunConfig
-from kon_ray.data import AnswerIndex, KnowledgeGraph, load_kg
+from kon_ray.config import RunConfig
+from kon_ray.data import AnswerIndex, KnowledgeGraph, check_data, load_kg
 from kon_ray.data.prompts import EncodedKG, encode_kg
 from kon_ray.model import KON, KONModel
 
@@ -50,20 +50,6 @@ class Setup:
         self.entity_mask = self.encoded.entity_mask.to(self.device)
 
 
-def check_against_data(config: RunConfig, kg: KnowledgeGraph) -> None:
-    """Settings that only the data can validate, checked before any training."""
-    if config.loss.negatives >= kg.num_entities:
-        raise ConfigError(
-            f"loss.negatives={config.loss.negatives}: |N| must be below the number of entities "
-            f"of {kg.name} ({kg.num_entities})"
-        )
-    if config.data.valid_unseen and not len(kg.unseen("valid")):
-        raise ConfigError(
-            f"data.valid_unseen=True: every valid triple of {kg.name} is a training triple, so none is left "
-            "to validate on; set data.valid_unseen=false to validate on them anyway"
-        )
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -79,7 +65,7 @@ def setup(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     kg = load_kg(config.data.dataset).slice(config.data.train_limit)
-    check_against_data(config, kg)
+    check_data(config, kg)
     torch.manual_seed(config.train.seed)
     tokenizer = tokenizer or load_tokenizer(config.model, kg, config.data.prompt)
     encoded = encode_kg(kg, tokenizer, config.data.prompt, config.model.k)
