@@ -56,7 +56,9 @@ def resolve_precision(config: ModelConfig, device: torch.device) -> Precision:
 
 def load_tokenizer(config: ModelConfig, kg: KnowledgeGraph, template: str) -> PreTrainedTokenizerBase:
     if config.backbone == EMBEDDED:
-        corpus = [*kg.entity_names, *kg.relation_names, *template_words(template)]
+        # Names as the prompts hold them, after a space: BPE then learns their word-initial merges,
+        # and eq. 8's tokens of a name after the prompt do not start with a lone space.
+        corpus = [*(f" {name}" for name in (*kg.entity_names, *kg.relation_names)), *template_words(template)]
         return kg_tokenizer(corpus, kg.digest, config.embedded.vocab_size)
     tokenizer = AutoTokenizer.from_pretrained(config.backbone, trust_remote_code=False)
     if tokenizer.pad_token_id is None:

@@ -234,10 +234,12 @@ class KONModel(nn.Module):
     reason the state dict holds no frozen weight under any name (tied embeddings).
     """
 
-    def __init__(self, backbone: PreTrainedModel, kon: KON) -> None:
+    def __init__(self, backbone: PreTrainedModel, kon: KON, autocast: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.kon = kon
+        self.autocast = autocast
+        """Training's forward under bfloat16 autocast (mixed precision); ranking (no gradients) never."""
         self.register_state_dict_post_hook(_without_frozen)
 
     @property
@@ -292,9 +294,12 @@ class KONModel(nn.Module):
 
         One module call, so that ZeRO-3 gathers every weight it reads (``external_parameters``).
         """
-        h = self.hidden(batch)
-        h0 = h[torch.arange(len(h), device=h.device), batch.last]
-        logits = self.kon(h0, self.output_weight)  # eq. 3-7
+        # Entered here, inside the module: DeepSpeed's forward switches off an autocast begun outside it.
+        device = candidate_tokens.device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast and torch.is_grad_enabled()):
+            h = self.hidden(batch)
+            h0 = h[torch.arange(len(h), device=h.device), batch.last]
+            logits = self.kon(h0, self.output_weight)  # eq. 3-7
         scores = self.kon.entity_scores(self.kon.step_log_probs(logits), candidate_tokens, candidate_mask)
         return h, logits, scores
 

@@ -50,3 +50,24 @@ def test_mixed_precision_trains_in_bfloat16_and_ranks_in_float32(tiny_kg: Path) 
         assert mixed[name].item() == pytest.approx(fp32[name].item(), rel=0.05, abs=1e-3)
         assert mixed[name].item() != fp32[name].item()  # bfloat16 did round
     torch.testing.assert_close(mixed_ranked, fp32_ranked, rtol=0, atol=0)
+
+
+def test_mixed_precision_survives_the_deepspeed_engine(tiny_kg: Path) -> None:
+    """Training runs the model through DeepSpeed's forward, which switches off an autocast begun
+    outside it: the backbone's matmuls must still run in bfloat16 there, and ranking in float32."""
+    from kon_ray.training import init_process_group, make_engine
+
+    s = setup(tiny_config(tiny_kg, "model.dtype=mixed"))
+    init_process_group()
+    engine, _ = make_engine(s)
+    dtypes: list[torch.dtype] = []
+    s.model.base.get_input_embeddings()  # the backbone is built
+    projection = s.model.decoder.layers[0].self_attn.q_proj
+    projection.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    chunk = both_directions(s.kg.train).take(np.arange(16))
+    negatives = sample_negatives(s.train_index, chunk, 16, torch.Generator().manual_seed(0))
+    compute_losses(s, chunk, negatives, engine)
+    assert dtypes == [torch.bfloat16]
+    with torch.no_grad():
+        s.model.scores_all(s.encoded.batch(chunk, with_targets=False), s.entity_tokens, s.entity_mask)
+    assert dtypes[-1] == torch.float32

@@ -81,7 +81,7 @@ def setup(
         tokenizer=tokenizer,
         identity=RunIdentity(kg.digest, tokenizer_identity(tokenizer), backbone_identity(config.model)),
         encoded=encoded,
-        model=KONModel(backbone, kon),
+        model=KONModel(backbone, kon, precision.autocast),
         train_index=AnswerIndex.build([kg.train], kg.num_entities, kg.num_relations),
         filter_index=AnswerIndex.build([kg.train, kg.valid, kg.test], kg.num_entities, kg.num_relations),
         device=device,
