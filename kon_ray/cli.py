@@ -116,7 +116,8 @@ def _study_run(args: argparse.Namespace) -> None:
     from kon_ray.studies.tune import experiment_dir, read_spec, run_study
 
     study = load_study(args.study)
-    table = run_study(study, args.study, parse_overrides(args.overrides), args.storage, args.address, args.resume)
+    overrides = parse_overrides(args.overrides)
+    table = run_study(study, args.study, overrides, args.storage, args.address, args.resume, force=args.force)
     folder = experiment_dir(study, args.storage)
     print(status_text(table, read_spec(folder)))
     print(f"results: {folder / study.name}.parquet")
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join this Ray cluster ('auto' on a cluster node); default: a local Ray")
     run.add_argument("--storage", default="runs/studies", help=storage_help)
     run.add_argument("--resume", action="store_true", help="finish a study whose driver stopped; finished trials stay")
+    run.add_argument("--force", action="store_true", help="with --resume: resume a changed study file")
     run.set_defaults(func=_study_run)
     export = studies.add_parser("export", help="write the result table as parquet and CSV")
     export.add_argument("study", help="a study file or a study folder")

@@ -23,6 +23,7 @@ import torch
 from kon_ray import checkpoint
 from kon_ray.checkpoint import LoopState
 from kon_ray.config import ConfigError, RunConfig
+from kon_ray.results import now
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ def worker(loop: dict[str, Any]) -> None:
             return  # finished before the restart: nothing left to do
         metrics, table = train_and_test(config, world, on_eval, resume, device)
     metrics["nodes"] = world.gather(ray.get_runtime_context().get_node_id())  # each rank's Ray node
+    metrics["ended"] = now()
     with tempfile.TemporaryDirectory() as folder:
         if world.rank == 0:
             write_results(Path(folder), metrics, table)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import re
 import time
 from pathlib import Path
@@ -17,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from kon_ray.config import RunConfig
+from kon_ray.config import ConfigError, RunConfig
 from kon_ray.results import write_atomic
-from kon_ray.studies.tune import TrialSpec, read_spec
+from kon_ray.studies.tune import TrialSpec, final_row, finished_metrics, read_spec, run_folder, started_at
 
 METRICS = tuple(f"{split}.{m}" for split in ("valid", "test") for m in ("mrr", "hits@1", "hits@3", "hits@10"))
 COST = ("trainable_params", "step_time_s", "train_time_s", "device_hours")
@@ -44,17 +45,28 @@ def study_table(folder: Path) -> pd.DataFrame:
 
     from kon_ray.studies.callbacks import trial_status
 
-    running = _running_trials(folder)
+    state = max(folder.glob("experiment_state*.json"))  # the newest session's: names end in its start time
+    try:
+        running = _running_trials(state)
+        trials = ExperimentAnalysis(str(folder)).trials
+    except (ValueError, KeyError, TypeError, pickle.UnpicklingError) as error:
+        cause = f"{type(error).__name__}: {error}"
+        raise ConfigError(f"{state}: Tune's saved state cannot be read ({cause})") from None
     rows = []
-    for trial in ExperimentAnalysis(str(folder)).trials:
+    for trial in trials:
         result, params = trial.last_result or {}, dict(trial.config)
         config = spec.config(params)
+        status = "RUNNING" if trial.trial_id in running else trial_status(trial.status, result)
+        run = run_folder(spec, trial.trial_id)
+        finished = None if result.get("final") else finished_metrics(run)
+        if finished is not None:  # the run holds its final result; Tune's saved state lags it
+            result, status = {**result, **final_row(finished, config, started_at(run))}, "TERMINATED"
         t = config.train
         train_time = result.get("train_time_s")
         rows.append({
             "study": spec.study,
             "trial_id": trial.trial_id,
-            "status": "RUNNING" if trial.trial_id in running else trial_status(trial.status, result),
+            "status": status,
             "seed": params.get("seed"),
             "error": _error(Path(trial.path)),
             "failures": trial.run_metadata.num_failures,
@@ -66,10 +78,10 @@ def study_table(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def _running_trials(folder: Path) -> set[str]:
-    """Trials that a live driver last saved as running. ExperimentAnalysis loads a running trial
-    as PENDING (what it would be on a resume); that is right only once the driver has stopped."""
-    state = max(folder.glob("experiment_state*.json"))  # the newest session's: names end in its start time
+def _running_trials(state: Path) -> set[str]:
+    """Trials that a live driver last saved as running in ``state``. ExperimentAnalysis loads a
+    running trial as PENDING (what it would be on a resume); that is right only once the driver
+    has stopped."""
     if time.time() - state.stat().st_mtime > LIVE_STATE_S:
         return set()
     trials = [json.loads(trial) for trial, _ in json.loads(state.read_text())["trial_data"]]

@@ -8,9 +8,9 @@ retried or resumed trial continues from its own latest checkpoint. Validation re
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +28,13 @@ from kon_ray.distributed import (
     total_resources,
     worker_slots,
 )
-from kon_ray.results import write_json
+from kon_ray.results import now, write_atomic, write_json
 from kon_ray.studies.study import Study, check_study, trial_count, trial_overrides
 
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "study.json"
+STARTED_FILE = "started.txt"
 SLOT = "trial_slot"  # a 0-CPU resource a trial's driver holds, so that only workers take CPUs
 ASHA_MAX_REPORTS = 1000
 
@@ -56,6 +57,8 @@ class TrialSpec:
     """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
     loop_extra: Mapping[str, Any] = field(default_factory=dict)
     """Extra ``distributed.worker`` arguments (fault injection in tests)."""
+    definition: Mapping[str, Any] = field(default_factory=dict)
+    """What the study file said when the study ran (``definition``); ``--resume`` compares it."""
 
     def config(self, params: Mapping[str, Any]) -> RunConfig:
         return apply_overrides(RunConfig(), trial_overrides(self.base, self.variants, params, self.extra))
@@ -72,11 +75,93 @@ def read_spec(folder: Path) -> TrialSpec:
     path = folder / SPEC_FILE
     if not path.is_file():
         raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
-    values = json.loads(path.read_text())
-    return TrialSpec(**{**values, "varied": tuple(values["varied"]), "loop_extra": {}})
+    try:
+        values = json.loads(path.read_text())
+        return TrialSpec(**{**values, "varied": tuple(values["varied"]), "loop_extra": {}})
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}:{error.lineno}: corrupt study record ({error.msg})") from None
+    except (KeyError, TypeError) as error:
+        cause = f"{type(error).__name__}: {error}"
+        raise ConfigError(f"{path}: not a study record of this kon-ray ({cause})") from None
 
 
-def final_row(metrics: dict[str, Any], config: RunConfig, started: str) -> dict[str, Any]:
+# Study fields that do not change what a trial runs: a resume may change them.
+NOT_DEFINING = ("paper", "max_concurrent_trials", "analyses")
+
+
+def definition(study: Study) -> dict[str, Any]:
+    """What ``study`` says its trials are, as JSON values: every field but ``NOT_DEFINING``."""
+    values = {f.name: getattr(study, f.name) for f in dataclasses.fields(study) if f.name not in NOT_DEFINING}
+    return json.loads(json.dumps(values, default=_param_json))
+
+
+def _param_json(param: Any) -> dict[str, Any]:
+    return {"kind": type(param).__name__, **dataclasses.asdict(param)}
+
+
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``field: old -> new`` for each field of two ``definition``s that differs, dict fields by key."""
+    out = []
+    for name in sorted(set(saved) | set(current)):
+        old, new = saved.get(name), current.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            out += [f"{name}[{k!r}]: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
+        elif old != new:
+            out.append(f"{name}: {old!r} -> {new!r}")
+    return out
+
+
+def check_resume(
+    study: Study, source: str | Path, folder: Path, overrides: Mapping[str, Any], force: bool
+) -> dict[str, Any]:
+    """The overrides a resume runs with: the first run's. A changed study file is refused unless
+    ``force`` (trials still to run then follow the file as it is now)."""
+    saved = read_spec(folder)
+    if overrides and dict(overrides) != dict(saved.extra):
+        raise ConfigError(
+            f"--resume: overrides {dict(overrides)} differ from the run's {dict(saved.extra)}; give none"
+        )
+    changed = differences(saved.definition, definition(study)) if saved.definition else []
+    if changed and not force:
+        raise ConfigError(
+            f"--resume: {source} changed since {folder} ran ({'; '.join(changed[:5])}); "
+            "undo the change, or pass --force to resume with the file as it is now"
+        )
+    if changed:
+        log.warning(
+            "%s: %s changed since it ran (%s); resuming (--force)", study.name, source, "; ".join(changed)
+        )
+    return dict(saved.extra)
+
+
+def run_folder(spec: TrialSpec, trial_id: str) -> Path:
+    """The Ray Train run of trial ``trial_id``: its checkpoints, and when the trial first started."""
+    return Path(spec.train_storage) / f"train-{trial_id}"
+
+
+def finished_metrics(run: Path) -> dict[str, Any] | None:
+    """The final metrics of a trial's run, once its newest checkpoint holds them (the record a
+    finished trial is counted from, whatever Tune last saved); None while it has not finished."""
+    for folder in sorted(run.glob("checkpoint_*"), reverse=True):  # names end in their time
+        if (folder / "metrics.json").is_file() and (folder / "ranks.parquet").is_file():
+            import pyarrow.parquet
+
+            try:
+                pyarrow.parquet.read_metadata(folder / "ranks.parquet")
+                return json.loads((folder / "metrics.json").read_text())
+            except (json.JSONDecodeError, pyarrow.ArrowInvalid):  # a copy cut short: not finished yet
+                return None
+    return None
+
+
+def started_at(run: Path) -> str | None:
+    """When the trial first started (a resumed or retried trial keeps its first start)."""
+    path = run / STARTED_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def final_row(metrics: dict[str, Any], config: RunConfig, started: str | None) -> dict[str, Any]:
     """What a finished trial reports to Tune: flat final metrics, cost and provenance."""
     numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     return {
@@ -89,30 +174,61 @@ def final_row(metrics: dict[str, Any], config: RunConfig, started: str) -> dict[
         "hardware": f"{config.train.workers} x {metrics['device']} on {metrics['host']}",
         "nodes": ",".join(dict.fromkeys(metrics.get("nodes", []))),
         "started": started,
-        "ended": _now(),
+        "ended": metrics.get("ended"),
     }
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
 def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
-    """The Tune function trainable: one Ray Train run, resumed from its checkpoint if it has one."""
+    """The Tune function trainable: one Ray Train run, resumed from its checkpoint if it has one.
+
+    A run that already holds its final result (its driver stopped before Tune saved that) reports
+    it again without starting any Ray Train worker.
+    """
     from ray import tune
 
     from kon_ray.studies.callbacks import ValidationToTune
 
     config = spec.config(params)
-    started = _now()
-    name = f"train-{tune.get_context().get_trial_id()}"
-    trainer = build_trainer(config, name, spec.train_storage, 0, dict(spec.loop_extra), [ValidationToTune()])
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    with result.checkpoint.as_directory() as folder:
-        metrics = json.loads((Path(folder) / "metrics.json").read_text())
-    tune.report(final_row(metrics, config, started))
+    trial_id = tune.get_context().get_trial_id()
+    run = run_folder(spec, trial_id)
+    if started_at(run) is None:
+        write_atomic(run / STARTED_FILE, now().encode())
+    metrics = finished_metrics(run)
+    if metrics is not None:
+        log.info("trial %s: its run had finished; reporting its result without starting it again", trial_id)
+    else:
+        callbacks = [ValidationToTune()]
+        trainer = build_trainer(config, run.name, spec.train_storage, 0, dict(spec.loop_extra), callbacks)
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        with result.checkpoint.as_directory() as folder:
+            metrics = json.loads((Path(folder) / "metrics.json").read_text())
+    tune.report(final_row(metrics, config, started_at(run)))
+
+
+def trial_spec(
+    study: Study, folder: Path, extra: Mapping[str, Any], loop_extra: Mapping[str, Any] = {}  # noqa: B006
+) -> TrialSpec:
+    """What every trial of ``study`` in ``folder`` shares, ``extra`` on top of every trial."""
+    return TrialSpec(
+        study=study.name,
+        base=dict(study.base),
+        variants=study.variants or {},
+        extra=dict(extra),
+        varied=study.varied,
+        metric=study.metric,
+        mode=study.mode,
+        trials=trial_count(study),
+        train_storage=str(folder / "train"),
+        loop_extra=dict(loop_extra),
+        definition=definition(study),
+    )
+
+
+def save_spec(folder: Path, spec: TrialSpec, overrides: Mapping[str, Any]) -> None:
+    """Write ``study.json``: ``spec`` with the command line's ``overrides`` as its ``extra``."""
+    write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides), "loop_extra": {}})
 
 
 def plan_resources(
@@ -159,16 +275,16 @@ def run_study(
     address: str | None = None,
     resume: bool = False,
     loop_extra: Mapping[str, Any] | None = None,
+    force: bool = False,
 ) -> pd.DataFrame:
-    """Run (or with ``resume``, finish) ``study``; return and export its result table."""
+    """Run (or with ``resume``, finish) ``study``; return and export its result table.
+
+    ``force`` resumes a study whose file changed since it ran."""
     from kon_ray.studies.table import export_table, study_table
 
     folder = experiment_dir(study, storage)
     if resume and (folder / SPEC_FILE).is_file():
-        saved = json.loads((folder / SPEC_FILE).read_text())["extra"]
-        if overrides and dict(overrides) != saved:
-            raise ConfigError(f"--resume: overrides {dict(overrides)} differ from the run's {saved}; resume with none")
-        overrides = saved
+        overrides = check_resume(study, source, folder, overrides, force)
     configs = check_study(study, source, overrides)
     start_ray(address, resources={SLOT: 1024})
     from ray import tune
@@ -176,26 +292,21 @@ def run_study(
     nodes = cluster_nodes()
     concurrent, cpus, driver = plan_resources(study, configs, total_resources(nodes), nodes)
     extra = {**overrides, **({"train.cpus_per_worker": cpus} if cpus is not None and "train.cpus_per_worker" not in overrides else {})}
-    spec = TrialSpec(
-        study=study.name,
-        base=dict(study.base),
-        variants=study.variants or {},
-        extra=extra,
-        varied=study.varied,
-        metric=study.metric,
-        mode=study.mode,
-        trials=trial_count(study),
-        train_storage=str(folder / "train"),
-        loop_extra=dict(loop_extra or {}),
-    )
+    spec = trial_spec(study, folder, extra, loop_extra or {})
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
     if tune.Tuner.can_restore(str(folder)):
         if not resume:
             raise ConfigError(f"{folder}: this study has run before; pass --resume to finish it (or another --storage)")
         log.info("%s: resuming from %s", study.name, folder)
-        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
+        except (ValueError, EOFError, pickle.UnpicklingError) as error:
+            cause = f"{type(error).__name__}: {error}"
+            raise ConfigError(f"{folder}: Tune's saved state cannot be read ({cause})") from None
+        if force:  # trials still to run follow the study file as it is now, and so does the table
+            save_spec(folder, spec, overrides)
     else:
-        write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides), "loop_extra": {}})
+        save_spec(folder, spec, overrides)
         tuner = _new_tuner(study, spec, trainable, folder, concurrent)
     log.info("%s: %d trials, up to %d at once, in %s", study.name, trial_count(study), concurrent, folder)
     logging.getLogger("tensorboardX.summary").setLevel(logging.WARNING)  # renames of 'hits@k' metrics
