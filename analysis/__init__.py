@@ -2,7 +2,7 @@
 
 from analysis.figures import ablation_table, analyses, heads_curve, joint_probability_table, main_table, negatives_curve
 from analysis.hpo import HpoViews, hpo_views
-from analysis.paper import PUBLISHED, TABLE2, TABLE3, TABLE4, PaperValues
+from kon_ray.paper import PUBLISHED, TABLE2, TABLE3, TABLE4, PaperValues
 from analysis.report import StudyInfo, build_report
 from analysis.stats import CI_METHOD, Summary, summarize, t_quantile
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.paper import METRICS, TABLE2, TABLE3, TABLE4, PaperValues
+from kon_ray.paper import METRICS, TABLE2, TABLE3, TABLE4, PaperValues
 from analysis.stats import summarize
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def negatives_curve(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """Fig. 4: per |N|, mean and 95% Student-t CI (percent) of MRR, Hits@1, Hits@3 and Hits@10.
 
     Columns: ``negatives, n`` and ``<metric>_mean, <metric>_ci, <metric>_low, <metric>_high`` for
-    each metric in :data:`analysis.paper.METRICS`. Only finished trials.
+    each metric in :data:`kon_ray.paper.METRICS`. Only finished trials.
     """
     return _curve(table, NEGATIVES, "negatives", METRICS, split, ())
 
@@ -168,7 +168,7 @@ def main_table(
 ) -> pd.DataFrame:
     """Table 2 for ``dataset``: the reproduced K-ON row beside the paper's K-ON row and baselines.
 
-    ``paper`` defaults to the published Table 2 for ``dataset`` (:data:`analysis.paper.TABLE2`).
+    ``paper`` defaults to the published Table 2 for ``dataset`` (:data:`kon_ray.paper.TABLE2`).
     Trials are those whose ``config.data.dataset`` names ``dataset`` (case and punctuation
     ignored, e.g. "MKG-W" matches "data/mkgw"). Same columns as :func:`joint_probability_table`;
     baselines have n = 0.

@@ -23,7 +23,7 @@ from plotly.offline import get_plotlyjs
 
 from analysis import figures as F
 from analysis.hpo import HpoViews, hpo_views
-from analysis.paper import METRICS, PUBLISHED, TABLE2, PaperValues
+from kon_ray.paper import METRICS, PUBLISHED, TABLE2, PaperValues
 from analysis.plots import heads_figure, negatives_figure
 from analysis.stats import CI_METHOD
 from kon_ray.results import write_atomic
@@ -48,7 +48,7 @@ class StudyInfo:
     name: str  # matches the table's ``study`` column
     paper: Mapping[str, PaperValues | Mapping[str, Mapping[str, float | None]]] = field(default_factory=dict)
     """Published values by key: "table2/<dataset>", "table3", "table4", "figure3", "figure4"; missing
-    keys fall back to :data:`analysis.paper.PUBLISHED`."""
+    keys fall back to :data:`kon_ray.paper.PUBLISHED`."""
     expected_trials: int | None = None  # M in "partial: N of M trials finished"; default: rows in the table
     optuna_storage: str | None = None  # e.g. "sqlite:///path/optuna.db", for the HPO views
     optuna_study: str | None = None

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -49,6 +48,8 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 def _gathered(params: list[nn.Parameter], modify: bool) -> contextlib.AbstractContextManager[Any]:
     """Full parameters under ZeRO-3 (a no-op for stages 0-2)."""
     if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
         return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
     return contextlib.nullcontext()
 

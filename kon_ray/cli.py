@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
-from kon_ray.data import KGFormatError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -97,7 +96,8 @@ def _data_baseline(args: argparse.Namespace) -> None:
 
 
 def _study_validate(args: argparse.Namespace) -> None:
-    from kon_ray.studies.study import check_study, load_study, parse_overrides, trial_count
+    from kon_ray.overrides import parse_overrides
+    from kon_ray.studies.study import check_study, load_study, trial_count
 
     study = load_study(args.study)
     configs = check_study(study, args.study, parse_overrides(args.overrides))
@@ -106,14 +106,16 @@ def _study_validate(args: argparse.Namespace) -> None:
 
 
 def _study_run(args: argparse.Namespace) -> None:
-    from kon_ray.studies.study import load_study, parse_overrides
+    from kon_ray.overrides import parse_overrides
+    from kon_ray.studies.study import load_study
 
     if args.address is None:
         from kon_ray.distributed import LOOPBACK_ENV
 
         os.environ.update(LOOPBACK_ENV)  # before Ray is first imported
+    from kon_ray.studies.folder import experiment_dir, read_spec
     from kon_ray.studies.table import status_text
-    from kon_ray.studies.tune import experiment_dir, read_spec, run_study
+    from kon_ray.studies.tune import run_study
 
     study = load_study(args.study)
     overrides = parse_overrides(args.overrides)
@@ -124,8 +126,8 @@ def _study_run(args: argparse.Namespace) -> None:
 
 
 def _study_export(args: argparse.Namespace) -> None:
-    from kon_ray.studies.table import export_table, folder_of, study_table
-    from kon_ray.studies.tune import read_spec
+    from kon_ray.studies.folder import folder_of, read_spec
+    from kon_ray.studies.table import export_table, study_table
 
     folder = folder_of(args.study, args.storage)
     spec = read_spec(folder)
@@ -134,8 +136,8 @@ def _study_export(args: argparse.Namespace) -> None:
 
 
 def _study_status(args: argparse.Namespace) -> None:
-    from kon_ray.studies.table import folder_of, status_text, study_table
-    from kon_ray.studies.tune import read_spec
+    from kon_ray.studies.folder import folder_of, read_spec
+    from kon_ray.studies.table import status_text, study_table
 
     folder = folder_of(args.study, args.storage)
     print(status_text(study_table(folder), read_spec(folder)))
@@ -143,8 +145,8 @@ def _study_status(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from analysis.report import StudyInfo, build_report
-    from kon_ray.studies.table import folder_of, study_table
-    from kon_ray.studies.tune import read_spec
+    from kon_ray.studies.folder import folder_of, read_spec
+    from kon_ray.studies.table import study_table
 
     tables, infos = [], []
     for target in args.studies:
@@ -161,18 +163,11 @@ def _report(args: argparse.Namespace) -> None:
         raise ConfigError(f"study {', '.join(i.name for i in infos)}: {error}") from None
 
 
-def _bench(args: argparse.Namespace) -> None:
-    import torch
-
-    from kon_ray.bench import run_all, run_benchmark
-    from kon_ray.training import default_device
-
-    device = torch.device(args.device) if args.device else default_device()
-    out = Path(args.out)
-    if args.name == "all":
-        run_all(args.overrides, out, device)
-    else:
-        run_benchmark(args.name, args.overrides, out, device)
+def _user_errors() -> tuple[type[Exception], ...]:
+    """ConfigError, and KGFormatError once the data layer is loaded (only it raises one): importing it
+    up front would load torch into the commands that only read JSON."""
+    kg = sys.modules.get("kon_ray.data.kg")
+    return (ConfigError,) if kg is None else (ConfigError, kg.KGFormatError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,14 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="HTML file (default: <storage>/report-<studies>.html)")
     report.set_defaults(func=_report)
 
-    from kon_ray.bench import BENCHMARKS  # a light import: each benchmark loads when it runs
+    from kon_ray import bench  # a light import: each benchmark loads when it runs
 
-    bench = commands.add_parser("bench", help="measure K-ON's efficiency claims and kon-ray's overheads as ratios")
-    bench.add_argument("name", choices=[*BENCHMARKS, "all"], help="the benchmark, or all of them in turn")
-    bench.add_argument("overrides", nargs="*", help="key=value benchmark settings (steps=5) and run config (model.k=4)")
-    bench.add_argument("--out", default="runs/bench", help="folder of the JSON records, NAME.json (default: runs/bench)")
-    bench.add_argument("--device", help="cpu or cuda (default: cuda where available)")
-    bench.set_defaults(func=_bench)
+    bench.add_arguments(commands.add_parser("bench", help=bench.HELP))
     return parser
 
 
@@ -250,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         args.func(args)
-    except (ConfigError, KGFormatError) as error:
+    except _user_errors() as error:
         print(f"kon-ray: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -8,27 +8,22 @@ dotted ``key=value`` overrides (``apply_overrides``).
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from kon_ray.overrides import ConfigError, check, nest, parse_overrides, set_fields
+
+__all__ = ["ConfigError", "RunConfig", "apply_overrides", "flatten"]  # ConfigError: from kon_ray.overrides
 
 EMBEDDED = "embedded"
 PAPER_LR = 1e-4
 EMBEDDED_LR = 1e-3
 
 
-class ConfigError(ValueError):
-    """A configuration value or override is invalid."""
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
 def _choice(name: str, value: object, choices: tuple[object, ...]) -> None:
-    _check(value in choices, f"{name}={value!r}: must be one of {', '.join(map(repr, choices))}")
+    check(value in choices, f"{name}={value!r}: must be one of {', '.join(map(repr, choices))}")
 
 
 def _literal_choices(cls: type, name: str) -> tuple[object, ...]:
@@ -63,10 +58,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        _check(bool(self.dataset), "data.dataset='': name a shipped KG (DB15K, MKG-W) or a folder")
+        check(bool(self.dataset), "data.dataset='': name a shipped KG (DB15K, MKG-W) or a folder")
         for name in ("train_limit", "valid_limit", "test_limit"):
             value = getattr(self, name)
-            _check(value is None or value >= 1, f"data.{name}={value}: must be >= 1 or None")
+            check(value is None or value >= 1, f"data.{name}={value}: must be >= 1 or None")
 
 
 @dataclass(frozen=True)
@@ -82,12 +77,12 @@ class EmbeddedBackboneConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "layers", "heads", "intermediate_size"):
-            _check(getattr(self, name) >= 1, f"model.embedded.{name}={getattr(self, name)}: must be >= 1")
-        _check(
+            check(getattr(self, name) >= 1, f"model.embedded.{name}={getattr(self, name)}: must be >= 1")
+        check(
             self.hidden_size % self.heads == 0,
             f"model.embedded.hidden_size={self.hidden_size}: must be divisible by heads={self.heads}",
         )
-        _check(self.vocab_size >= 300, f"model.embedded.vocab_size={self.vocab_size}: must be >= 300")
+        check(self.vocab_size >= 300, f"model.embedded.vocab_size={self.vocab_size}: must be >= 300")
 
 
 @dataclass(frozen=True)
@@ -132,16 +127,16 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        _check(self.k >= 1, f"model.k={self.k}: the number of K-ON heads must be >= 1")
+        check(self.k >= 1, f"model.k={self.k}: the number of K-ON heads must be >= 1")
         for name in ("lora_r", "lora_alpha", "score_lora_r", "score_lora_alpha", "attention_heads"):
-            _check(getattr(self, name) >= 1, f"model.{name}={getattr(self, name)}: must be >= 1")
+            check(getattr(self, name) >= 1, f"model.{name}={getattr(self, name)}: must be >= 1")
         for name in ("lora_dropout", "attention_dropout", "score_lora_dropout"):
             value = getattr(self, name)
-            _check(0.0 <= value < 1.0, f"model.{name}={value}: must be in [0, 1)")
-        _check(bool(self.lora_targets), "model.lora_targets=(): name at least one module")
+            check(0.0 <= value < 1.0, f"model.{name}={value}: must be in [0, 1)")
+        check(bool(self.lora_targets), "model.lora_targets=(): name at least one module")
         if self.backbone == EMBEDDED and self.conditional_attention:
             hidden = self.embedded.hidden_size
-            _check(
+            check(
                 hidden % self.attention_heads == 0,
                 f"model.attention_heads={self.attention_heads}: must divide the hidden size {hidden}",
             )
@@ -179,15 +174,15 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        _check(self.negatives >= 1, f"loss.negatives={self.negatives}: |N| must be >= 1")
-        _check(0.0 < self.floor < 1.0, f"loss.floor={self.floor}: must be in (0, 1)")
-        _check(
+        check(self.negatives >= 1, f"loss.negatives={self.negatives}: |N| must be >= 1")
+        check(0.0 < self.floor < 1.0, f"loss.floor={self.floor}: must be in (0, 1)")
+        check(
             self.adversarial_temperature > 0,
             f"loss.adversarial_temperature={self.adversarial_temperature}: must be > 0",
         )
         for name in ("nce_weight", "sft_weight", "tdt_weight"):
-            _check(getattr(self, name) >= 0, f"loss.{name}={getattr(self, name)}: must be >= 0")
-        _check(
+            check(getattr(self, name) >= 0, f"loss.{name}={getattr(self, name)}: must be >= 0")
+        check(
             self.nce_weight + self.sft_weight + self.tdt_weight > 0,
             "loss.nce_weight, sft_weight and tdt_weight are all 0: nothing would be trained",
         )
@@ -234,33 +229,34 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        _check(self.lr is None or self.lr > 0, f"train.lr={self.lr}: must be > 0 or None")
-        _check(self.epochs > 0, f"train.epochs={self.epochs}: must be > 0")
-        _check(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps}: must be >= 0")
-        _check(self.micro_batch >= 1, f"train.micro_batch={self.micro_batch}: must be >= 1")
-        _check(self.grad_accum >= 1, f"train.grad_accum={self.grad_accum}: must be >= 1")
-        _check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0 (0: off)")
-        _check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0")
-        _check(
+        check(self.lr is None or self.lr > 0, f"train.lr={self.lr}: must be > 0 or None")
+        check(self.epochs > 0, f"train.epochs={self.epochs}: must be > 0")
+        check(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps}: must be >= 0")
+        check(self.micro_batch >= 1, f"train.micro_batch={self.micro_batch}: must be >= 1")
+        check(self.grad_accum >= 1, f"train.grad_accum={self.grad_accum}: must be >= 1")
+        check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0 (0: off)")
+        check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0")
+        check(
             self.max_minutes is None or self.max_minutes > 0,
             f"train.max_minutes={self.max_minutes}: must be > 0 or None",
         )
-        _check(self.max_steps is None or self.max_steps >= 1, f"train.max_steps={self.max_steps}: must be >= 1")
-        _check(self.evals_per_epoch >= 1, f"train.evals_per_epoch={self.evals_per_epoch}: must be >= 1")
-        _check(self.threads is None or self.threads >= 1, f"train.threads={self.threads}: must be >= 1")
-        _check(self.workers >= 1, f"train.workers={self.workers}: must be >= 1")
-        _check(self.gpus_per_worker >= 0, f"train.gpus_per_worker={self.gpus_per_worker}: must be >= 0")
-        _check(
+        check(self.max_steps is None or self.max_steps >= 1, f"train.max_steps={self.max_steps}: must be >= 1")
+        check(self.evals_per_epoch >= 1, f"train.evals_per_epoch={self.evals_per_epoch}: must be >= 1")
+        check(self.seed >= 0, f"train.seed={self.seed}: must be >= 0")
+        check(self.threads is None or self.threads >= 1, f"train.threads={self.threads}: must be >= 1")
+        check(self.workers >= 1, f"train.workers={self.workers}: must be >= 1")
+        check(self.gpus_per_worker >= 0, f"train.gpus_per_worker={self.gpus_per_worker}: must be >= 0")
+        check(
             self.cpus_per_worker is None or self.cpus_per_worker > 0,
             f"train.cpus_per_worker={self.cpus_per_worker}: must be > 0 or None",
         )
-        _check(
+        check(
             self.zero_stage in (0, 1, 2, 3),
             f"train.zero_stage={self.zero_stage}: DeepSpeed ZeRO stages are 0, 1, 2 and 3",
         )
         if self.batch_size is not None:
             parts = self.workers * self.grad_accum
-            _check(
+            check(
                 self.batch_size % parts == 0,
                 f"train.batch_size={self.batch_size}: must be divisible by train.workers x train.grad_accum "
                 f"= {self.workers} x {self.grad_accum} = {parts}",
@@ -282,7 +278,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        _check(self.query_chunk >= 1, f"eval.query_chunk={self.query_chunk}: must be >= 1")
+        check(self.query_chunk >= 1, f"eval.query_chunk={self.query_chunk}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -318,79 +314,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[s
             yield f"{prefix}{key}", value
 
 
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    """Convert an override (a string from the command line, or a Python value) to ``hint``."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            _check(type(None) in args, f"{key}=None: this field needs a value")
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(key, inner, value)
-    if origin is Literal:
-        _choice(key, value, args)
-        return value
-    if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(str(item).strip() for item in items if str(item).strip())
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).lower()
-        _check(text in ("true", "false", "1", "0", "yes", "no"), f"{key}={value!r}: expected true or false")
-        return text in ("true", "1", "yes")
-    if hint in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r}: expected a number")
-        try:
-            number = hint(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r}: expected {'an integer' if hint is int else 'a number'}") from None
-        if hint is int and isinstance(value, float) and value != number:
-            raise ConfigError(f"{key}={value!r}: expected an integer")
-        return number
-    if hint is str:
-        return str(value)
-    raise ConfigError(f"{key}: cannot set a value of type {hint}")
-
-
-def _replace(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
-    """``obj`` with nested ``changes`` applied, each dataclass rebuilt (and validated) once."""
-    names = [f.name for f in dataclasses.fields(obj)]
-    hints = typing.get_type_hints(type(obj))
-    values: dict[str, Any] = {}
-    for name, change in changes.items():
-        key = f"{prefix}{name}"
-        if name not in names:
-            where = f"in '{prefix.rstrip('.')}'" if prefix else "at the top level"
-            raise ConfigError(f"{key}: unknown key {name!r} {where}; valid keys: {', '.join(names)}")
-        current = getattr(obj, name)
-        if isinstance(change, dict):
-            _check(dataclasses.is_dataclass(current), f"{key}: has no sub-keys")
-            values[name] = _replace(current, change, f"{key}.")
-        elif dataclasses.is_dataclass(current):
-            raise ConfigError(f"{key}: is a section; set one of its keys, e.g. {key}.<key>=...")
-        else:
-            values[name] = _coerce(key, hints[name], change)
-    return dataclasses.replace(obj, **values)
-
-
-def apply_overrides(config: RunConfig, overrides: dict[str, Any] | list[str]) -> RunConfig:
+def apply_overrides(config: RunConfig, overrides: Mapping[str, Any] | Sequence[str]) -> RunConfig:
     """Apply dotted overrides, e.g. ``["model.k=4", "data.dataset=MKG-W"]`` or a dict."""
-    if isinstance(overrides, list):
-        pairs: dict[str, Any] = {}
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            _check(bool(sep) and bool(key), f"override {item!r}: expected key=value, e.g. model.k=4")
-            pairs[key.strip()] = value.strip()
-        overrides = pairs
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        *path, last = key.split(".")
-        node = nested
-        for part in path:
-            node = node.setdefault(part, {})
-            _check(isinstance(node, dict), f"{key}: conflicts with another override")
-        node[last] = value
-    return _replace(config, nested, "")
+    pairs = parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides
+    return set_fields(config, nest(pairs))

@@ -1,6 +1,6 @@
 """Table 3: the full K-ON and six variants, each without one loss or component."""
 
-from analysis.paper import TABLE3
+from kon_ray.paper import TABLE3
 from kon_ray.studies import Study
 
 study = Study(

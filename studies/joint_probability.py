@@ -1,7 +1,7 @@
 """Table 4: the joint entity probability, sum or product of the K token probabilities, with
 learnable or constant step weights."""
 
-from analysis.paper import TABLE4
+from kon_ray.paper import TABLE4
 from kon_ray.studies import Study
 
 study = Study(

@@ -1,6 +1,6 @@
 """Figure 4: the number of negatives |N| of the contrastive loss (eq. 12)."""
 
-from analysis.paper import FIGURE4
+from kon_ray.paper import FIGURE4
 from kon_ray.studies import Study
 
 study = Study(

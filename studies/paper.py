@@ -1,9 +1,9 @@
 """The paper's main setting (Table 2, DB15K): Llama-2-7b-chat with LoRA on 8 GPUs, ZeRO-2.
 
-Run with ``data.dataset=MKG-W`` for Table 2's MKG-W half (compare with analysis.paper.TABLE2).
+Run with ``data.dataset=MKG-W`` for Table 2's MKG-W half (compare with kon_ray.paper.TABLE2).
 """
 
-from analysis.paper import TABLE2
+from kon_ray.paper import TABLE2
 from kon_ray.studies import Study
 
 study = Study(

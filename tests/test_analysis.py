@@ -13,7 +13,7 @@ import pytest
 
 from analysis import figures as F
 from analysis.hpo import hpo_views
-from analysis.paper import FIGURE3, FIGURE4, METRICS, TABLE2, TABLE3, TABLE4, PaperValues
+from kon_ray.paper import FIGURE3, FIGURE4, METRICS, TABLE2, TABLE3, TABLE4, PaperValues
 from analysis.plots import export_images, heads_figure, negatives_figure
 from analysis.report import StudyInfo, build_report, partial_banner, status_counts
 from analysis.stats import summarize, t_quantile

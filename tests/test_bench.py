@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kon_ray.bench.common import parse_settings
 from kon_ray.bench.negatives import Settings as NegativeSettings
 from kon_ray.bench.sampling import samplers, support
 from kon_ray.bench.scoring import autoregressive_scores
 from kon_ray.cli import main
 from kon_ray.config import flatten
 from kon_ray.data import AnswerIndex, Queries, both_directions, load_kg
+from kon_ray.overrides import parse_overrides, set_fields
 from kon_ray.training import Setup, setup
 from tests.conftest import tiny_config
 
@@ -66,11 +66,17 @@ def test_support_check_finds_a_mismatch(tiny_kg: Path) -> None:
 
 
 def test_settings_parse_and_reject_unknown_keys(capsys: pytest.CaptureFixture[str]) -> None:
-    assert parse_settings(NegativeSettings, {"negatives": "16,64", "steps": "3"}).negatives == (16, 64)
+    settings = set_fields(NegativeSettings(), parse_overrides(["negatives=16,64", "steps=3"]))
+    assert (settings.negatives, settings.steps) == ((16, 64), 3)
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "negatives", "stepz=3"])
     assert exit_info.value.code == 2
-    assert "stepz=3: unknown benchmark setting; valid: negatives, steps, warmup" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "stepz: unknown key 'stepz' among the settings of bench negatives; valid keys: negatives, steps, warmup" in err
+    for item, message in [("steps=inf", "steps='inf': must be a finite number"), ("negatives=16,x", "expected an integer")]:
+        with pytest.raises(SystemExit):
+            main(["bench", "negatives", item])
+        assert message in capsys.readouterr().err
 
 
 def test_bench_sampling_writes_a_record(tiny_kg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

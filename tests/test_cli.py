@@ -60,7 +60,7 @@ def test_train_without_ray_writes_metrics(tiny_kg: Path, tmp_path: Path, capsys:
 
 def test_report_of_a_study_without_results_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A study that has not finished a trial yet gets an error naming it, not a traceback or an empty page."""
-    from kon_ray.studies.tune import SPEC_FILE, TrialSpec
+    from kon_ray.studies.folder import SPEC_FILE, TrialSpec
 
     folder = tmp_path / "empty"
     folder.mkdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from kon_ray.config import ConfigError, ModelConfig, RunConfig, apply_overrides
@@ -45,6 +47,14 @@ def test_overrides_are_typed() -> None:
         ("train.lr=-1", "train.lr=-1.0: must be > 0"),
         ("model=3", "is a section"),
         ("model.k", "expected key=value"),
+        ("train.lr=inf", "train.lr='inf': must be a finite number"),
+        ("train.lr=nan", "train.lr='nan': must be a finite number"),
+        ("train.epochs=inf", "train.epochs='inf': must be a finite number"),
+        ("train.gpus_per_worker=inf", "train.gpus_per_worker='inf': must be a finite number"),
+        ("train.max_minutes=-inf", "train.max_minutes='-inf': must be a finite number"),
+        ("model.k=inf", "model.k='inf': must be a finite number"),
+        ("model.k=2.5", "model.k='2.5': expected an integer"),
+        ("train.seed=-1", "train.seed=-1: must be >= 0"),
     ],
 )
 def test_bad_values_name_the_field(override: str, message: str) -> None:
@@ -61,3 +71,17 @@ def test_auto_tuning() -> None:
     assert ModelConfig().tuning == "full"
     assert ModelConfig(backbone="some/llm").tuning == "lora"
     assert ModelConfig(backbone="some/llm", backbone_tuning="full").tuning == "full"
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_python_values_are_refused(value: float) -> None:
+    """Study files and ``from_dict`` pass Python floats, which go through the same coercer."""
+    with pytest.raises(ConfigError, match=r"train\.lr=.*: must be a finite number"):
+        apply_overrides(RunConfig(), {"train.lr": value})
+
+
+def test_integers_from_python_values() -> None:
+    assert apply_overrides(RunConfig(), {"model.k": 4.0}).model.k == 4
+    for bad in (4.5, True):
+        with pytest.raises(ConfigError, match="model.k=.*: expected an integer"):
+            apply_overrides(RunConfig(), {"model.k": bad})

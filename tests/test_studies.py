@@ -20,7 +20,8 @@ import pytest
 
 from kon_ray.config import ConfigError, RunConfig, flatten
 from kon_ray.studies import Study, check_study, load_study
-from kon_ray.studies.table import LIVE_STATE_S, METRICS, study_table
+from kon_ray.studies.folder import LIVE_STATE_S
+from kon_ray.studies.table import METRICS, study_table
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,28 +7,77 @@ Each benchmark prints its setup, its figures and a final ``ratio:`` line, and wr
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import logging
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
+from kon_ray.overrides import parse_overrides, set_fields, split_dotted
 
 if TYPE_CHECKING:
     import torch
 
 BENCHMARKS = ("scoring", "negatives", "sampling", "evaluation", "study", "heads", "sft", "precision")
+HELP = "measure K-ON's efficiency claims and kon-ray's overheads as ratios"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``kon-ray bench`` and ``python -m kon_ray.bench``."""
+    parser.add_argument("name", choices=[*BENCHMARKS, "all"], help="the benchmark, or all of them in turn")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value benchmark settings (steps=5) and run config (model.k=4)"
+    )
+    parser.add_argument(
+        "--out", default="runs/bench", help="folder of the JSON records, NAME.json (default: runs/bench)"
+    )
+    parser.add_argument("--device", help="cpu or cuda (default: cuda where available)")
+    parser.set_defaults(func=run_args)
+
+
+def run_args(args: argparse.Namespace) -> None:
+    """Run the benchmark (or all) that parsed ``args`` name."""
+    import torch
+
+    from kon_ray.training import default_device
+
+    device = torch.device(args.device) if args.device else default_device()
+    out = Path(args.out)
+    if args.name == "all":
+        run_all(args.overrides, out, device)
+    else:
+        run_benchmark(args.name, args.overrides, out, device)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m kon_ray.bench``: the same as ``kon-ray bench``, without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m kon_ray.bench", description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    from kon_ray.data import KGFormatError
+
+    try:
+        run_args(args)
+    except (ConfigError, KGFormatError) as error:
+        print(f"kon-ray bench: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run_benchmark(name: str, items: list[str], out: Path, device: torch.device) -> dict[str, Any]:
     """Run one benchmark with its ``key=value`` overrides; print it, write ``out/NAME.json``, return the record."""
-    from kon_ray.bench.common import parse_settings, record, show, split_overrides, verdict, write_record
+    from kon_ray.bench.common import record, show, verdict, write_record
 
     if name not in BENCHMARKS:
         raise ConfigError(f"benchmark {name!r}: must be one of {', '.join(BENCHMARKS)} or all")
     module = importlib.import_module(f"kon_ray.bench.{name}")
-    pairs, dotted = split_overrides(items)
-    settings = parse_settings(module.Settings, pairs)
+    pairs, dotted = split_dotted(parse_overrides(items))
+    settings = set_fields(module.Settings(), pairs, scope=f"among the settings of bench {name}")
     config = apply_overrides(apply_overrides(RunConfig(), dict(module.BASE)), dotted)
     show(f"== bench {name}: {(module.__doc__ or '').strip().splitlines()[0]}")
     start = time.perf_counter()
@@ -42,9 +91,7 @@ def run_benchmark(name: str, items: list[str], out: Path, device: torch.device) 
 
 def run_all(items: list[str], out: Path, device: torch.device) -> list[dict[str, Any]]:
     """Every benchmark in turn; only dotted (run config) overrides, which each benchmark takes."""
-    from kon_ray.bench.common import split_overrides
-
-    pairs, _ = split_overrides(items)
+    pairs, _ = split_dotted(parse_overrides(items))
     if pairs:
         raise ConfigError(f"bench all: benchmark settings {sorted(pairs)} differ per benchmark; run it alone")
     return [run_benchmark(name, items, out, device) for name in BENCHMARKS]

@@ -2,6 +2,6 @@
 
 import sys
 
-from kon_ray.cli import main
+from kon_ray.bench import main
 
-main(["bench", *sys.argv[1:]])
+main(sys.argv[1:])

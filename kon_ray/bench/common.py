@@ -1,4 +1,4 @@
-"""What every benchmark shares: settings from ``key=value``, timing, the setup it states, its JSON record.
+"""What every benchmark shares: timing, the setup it states, its JSON record.
 
 A benchmark measures both sides of its ratio in the same run, interleaved where it can, so that
 load on a shared machine falls on both; it never compares against a fixed time from elsewhere.
@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from kon_ray.config import ConfigError, RunConfig
+from kon_ray.config import RunConfig
 from kon_ray.data import Queries, both_directions, sample_negatives
 from kon_ray.results import provenance, write_json
 
@@ -77,48 +77,6 @@ def show(line: str) -> None:
 def announce(setup: dict[str, Any]) -> dict[str, Any]:
     show("setup: " + ", ".join(f"{key} {value}" for key, value in setup.items()))
     return setup
-
-
-def parse_settings(cls: type[Any], pairs: Mapping[str, str]) -> Any:
-    """A benchmark's settings dataclass from undotted ``key=value`` pairs; bad keys are named."""
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for key, text in pairs.items():
-        if key not in hints:
-            raise ConfigError(f"{key}={text}: unknown benchmark setting; valid: {', '.join(hints)}")
-        values[key] = _parse(key, hints[key], text)
-    return cls(**values)
-
-
-def _parse(key: str, hint: Any, text: str) -> Any:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    try:
-        if type(None) in typing.get_args(hint):
-            return None if text.lower() in ("none", "null", "") else _parse(key, args[0], text)
-        if typing.get_origin(hint) is tuple:
-            return tuple(args[0](item) for item in text.split(",") if item.strip())
-        if hint is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1")
-        return hint(text)
-    except ValueError:
-        raise ConfigError(f"{key}={text!r}: expected {getattr(hint, '__name__', hint)}") from None
-
-
-def split_overrides(items: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Undotted ``key=value`` items set the benchmark; dotted ones (``model.k=4``) set the run config."""
-    settings: dict[str, str] = {}
-    config: list[str] = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. steps=5 or model.k=4")
-        if "." in key:
-            config.append(item)
-        else:
-            settings[key.strip()] = value.strip()
-    return settings, config
 
 
 def sync(device: torch.device) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from kon_ray.studies.folder import trial_status
+
 log = logging.getLogger("kon_ray.studies")
 
 
@@ -21,11 +23,6 @@ class ValidationToTune(TuneReportCallback):
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if not metrics[0].get("final"):
             super().after_report(run_context, metrics, checkpoint)
-
-
-def trial_status(status: str, last_result: dict[str, Any]) -> str:
-    """Tune's status, with TERMINATED split into finished and PRUNED (stopped by ASHA or the time budget)."""
-    return "PRUNED" if status == "TERMINATED" and not last_result.get("final") else status
 
 
 class Progress(Callback):

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from analysis.paper import PaperValues
+from kon_ray.paper import PaperValues
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
+from kon_ray.overrides import check as _check
 
 SCHEDULERS = ("asha",)
 RANKING = ("mrr", "hits@1", "hits@3", "hits@10")
@@ -112,7 +113,7 @@ class Study:
     max_retries: int = 1
     """Restarts of a failed trial (from its latest checkpoint) before it is recorded as an error."""
     paper: PaperValues | None = None
-    """The paper's published numbers for this study (analysis.paper), or None."""
+    """The paper's published numbers for this study (kon_ray.paper), or None."""
 
     def __post_init__(self) -> None:
         for name in ("base", "grid", "variants", "space"):
@@ -147,6 +148,10 @@ class Study:
             _check(len(self.seeds) == 1, f"seeds={self.seeds}: a search space takes exactly one seed")
         _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), f"seeds={self.seeds}: must be distinct, >= 1")
         _check(
+            all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds),
+            f"seeds={self.seeds}: each train.seed must be an integer >= 0",
+        )
+        _check(
             not self.metric.startswith("test."),
             f"metric={self.metric!r}: never tune on the test split; use a 'valid.' metric",
         )
@@ -170,7 +175,7 @@ class Study:
             f"scheduler={self.scheduler!r}: must be one of {SCHEDULERS} or None",
         )
         _check(self.max_retries >= 0, f"max_retries={self.max_retries}: must be >= 0")
-        _check(self.paper is None or isinstance(self.paper, PaperValues), "paper: must be an analysis.paper value or None")
+        _check(self.paper is None or isinstance(self.paper, PaperValues), "paper: must be a kon_ray.paper value or None")
 
     @property
     def varied(self) -> tuple[str, ...]:
@@ -201,11 +206,6 @@ def trial_overrides(
     return {**base, **variants.get(params.get("variant"), {}), **values, **seed, **extra}
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
 def load_study(path: str | Path) -> Study:
     """Import a study file and return its ``study``; a bad or missing one names the file."""
     path = Path(path)
@@ -229,16 +229,6 @@ def load_study(path: str | Path) -> Study:
     if not isinstance(study, Study):
         raise ConfigError(f"{path}: exports no `study = Study(...)` (found {type(study).__name__})")
     return study
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    """``["model.k=4", ...]`` as a dict, rejecting items without '='."""
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        _check(bool(sep) and bool(key.strip()), f"override {item!r}: expected key=value, e.g. model.k=4")
-        pairs[key.strip()] = value.strip()
-    return pairs
 
 
 def check_study(study: Study, source: str | Path, extra: Mapping[str, Any] = {}) -> list[RunConfig]:  # noqa: B006

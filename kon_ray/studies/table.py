@@ -9,26 +9,31 @@ shows its latest validation, and ``best.<metric>`` is the best of the study's me
 from __future__ import annotations
 
 import io
-import json
-import pickle
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from kon_ray.config import ConfigError, RunConfig
+from kon_ray.config import RunConfig
 from kon_ray.results import write_atomic
-from kon_ray.studies.tune import TrialSpec, final_row, finished_metrics, read_spec, run_folder, started_at
+from kon_ray.studies.folder import (
+    TrialSpec,
+    final_row,
+    finished_metrics,
+    has_trials,
+    read_spec,
+    read_trials,
+    run_folder,
+    started_at,
+    trial_status,
+)
 
 METRICS = tuple(f"{split}.{m}" for split in ("valid", "test") for m in ("mrr", "hits@1", "hits@3", "hits@10"))
 COST = ("trainable_params", "step_time_s", "train_time_s", "device_hours")
 PROVENANCE = ("git_commit", "git_dirty", "versions", "data_hash", "hardware", "started", "ended")
 STATUSES = ("TERMINATED", "ERROR", "PRUNED", "RUNNING", "PENDING")
 ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*$", re.MULTILINE)
-LIVE_STATE_S = 300.0
-"""A live Tune driver saves its experiment state every 10 s or so; an older state is a stopped driver's."""
 
 
 def study_table(folder: Path) -> pd.DataFrame:
@@ -39,24 +44,13 @@ def study_table(folder: Path) -> pd.DataFrame:
     config_columns += [c for c in ("config.model.backbone", "config.data.dataset") if c not in config_columns]
     best = f"best.{spec.metric}"
     columns = ["study", "trial_id", "status", "seed", "error", "failures", *config_columns, *METRICS, best, *COST, *PROVENANCE]
-    if not any(folder.glob("experiment_state*.json")):
+    if not has_trials(folder):
         return pd.DataFrame(columns=columns)
-    from ray.tune import ExperimentAnalysis
-
-    from kon_ray.studies.callbacks import trial_status
-
-    state = max(folder.glob("experiment_state*.json"))  # the newest session's: names end in its start time
-    try:
-        running = _running_trials(state)
-        trials = ExperimentAnalysis(str(folder)).trials
-    except (ValueError, KeyError, TypeError, pickle.UnpicklingError) as error:
-        cause = f"{type(error).__name__}: {error}"
-        raise ConfigError(f"{state}: Tune's saved state cannot be read ({cause})") from None
     rows = []
-    for trial in trials:
-        result, params = trial.last_result or {}, dict(trial.config)
+    for trial in read_trials(folder):
+        result, params = trial.last_result, dict(trial.config)
         config = spec.config(params)
-        status = "RUNNING" if trial.trial_id in running else trial_status(trial.status, result)
+        status = trial_status(trial.status, result)
         run = run_folder(spec, trial.trial_id)
         finished = None if result.get("final") else finished_metrics(run)
         if finished is not None:  # the run holds its final result; Tune's saved state lags it
@@ -68,24 +62,14 @@ def study_table(folder: Path) -> pd.DataFrame:
             "trial_id": trial.trial_id,
             "status": status,
             "seed": params.get("seed"),
-            "error": _error(Path(trial.path)),
-            "failures": trial.run_metadata.num_failures,
+            "error": _error(trial.path),
+            "failures": trial.num_failures,
             **{c: params.get("variant") if c == "config.variant" else _value(config, c) for c in config_columns},
             **{c: result.get(c) for c in METRICS + COST + PROVENANCE},
             best: trial.metric_analysis.get(spec.metric, {}).get(spec.mode),
             "device_hours": None if train_time is None else train_time * t.workers * max(t.gpus_per_worker, 1) / 3600,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
-
-
-def _running_trials(state: Path) -> set[str]:
-    """Trials that a live driver last saved as running in ``state``. ExperimentAnalysis loads a
-    running trial as PENDING (what it would be on a resume); that is right only once the driver
-    has stopped."""
-    if time.time() - state.stat().st_mtime > LIVE_STATE_S:
-        return set()
-    trials = [json.loads(trial) for trial, _ in json.loads(state.read_text())["trial_data"]]
-    return {trial["trial_id"] for trial in trials if trial["status"] == "RUNNING"}
 
 
 def _value(config: RunConfig, column: str) -> Any:
@@ -129,12 +113,3 @@ def status_text(table: pd.DataFrame, spec: TrialSpec) -> str:
     for _, row in table[table["status"] == "ERROR"].iterrows():
         lines.append(f"failed: trial {row['trial_id']}: {row['error']}")
     return "\n".join(lines)
-
-
-def folder_of(target: str | Path, storage: str | Path) -> Path:
-    """A study's folder from its study file (under ``storage``) or the folder itself."""
-    from kon_ray.studies.study import load_study
-    from kon_ray.studies.tune import experiment_dir
-
-    path = Path(target)
-    return experiment_dir(load_study(path), storage) if path.suffix == ".py" else path.resolve()

@@ -12,13 +12,12 @@ import json
 import logging
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from kon_ray.config import ConfigError, RunConfig, apply_overrides
+from kon_ray.config import ConfigError, RunConfig
 from kon_ray.distributed import (
     build_trainer,
     check_resources,
@@ -29,87 +28,25 @@ from kon_ray.distributed import (
     worker_slots,
 )
 from kon_ray.results import now, write_atomic, write_json
-from kon_ray.studies.study import Study, check_study, trial_count, trial_overrides
+from kon_ray.studies.folder import (
+    SPEC_FILE,
+    STARTED_FILE,
+    TrialSpec,
+    definition,
+    differences,
+    experiment_dir,
+    final_row,
+    finished_metrics,
+    read_spec,
+    run_folder,
+    started_at,
+)
+from kon_ray.studies.study import Study, check_study, trial_count
 
 log = logging.getLogger(__name__)
 
-SPEC_FILE = "study.json"
-STARTED_FILE = "started.txt"
 SLOT = "trial_slot"  # a 0-CPU resource a trial's driver holds, so that only workers take CPUs
 ASHA_MAX_REPORTS = 1000
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """What every trial of a study shares; saved as ``study.json`` beside Tune's state."""
-
-    study: str
-    base: Mapping[str, Any]
-    variants: Mapping[str, Mapping[str, Any]]
-    extra: Mapping[str, Any]
-    """The command line's global overrides, on top of every trial."""
-    varied: tuple[str, ...]
-    metric: str
-    mode: str
-    trials: int
-    """Trials the study runs: its grid x variants x seeds, or its Optuna sample budget."""
-    train_storage: str
-    """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
-    loop_extra: Mapping[str, Any] = field(default_factory=dict)
-    """Extra ``distributed.worker`` arguments (fault injection in tests)."""
-    definition: Mapping[str, Any] = field(default_factory=dict)
-    """What the study file said when the study ran (``definition``); ``--resume`` compares it."""
-
-    def config(self, params: Mapping[str, Any]) -> RunConfig:
-        return apply_overrides(RunConfig(), trial_overrides(self.base, self.variants, params, self.extra))
-
-    def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "varied": list(self.varied)}
-
-
-def experiment_dir(study: Study, storage: str | Path) -> Path:
-    return Path(storage).resolve() / study.name
-
-
-def read_spec(folder: Path) -> TrialSpec:
-    path = folder / SPEC_FILE
-    if not path.is_file():
-        raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
-    try:
-        values = json.loads(path.read_text())
-        return TrialSpec(**{**values, "varied": tuple(values["varied"]), "loop_extra": {}})
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}:{error.lineno}: corrupt study record ({error.msg})") from None
-    except (KeyError, TypeError) as error:
-        cause = f"{type(error).__name__}: {error}"
-        raise ConfigError(f"{path}: not a study record of this kon-ray ({cause})") from None
-
-
-# Study fields that do not change what a trial runs: a resume may change them.
-NOT_DEFINING = ("paper", "max_concurrent_trials", "analyses")
-
-
-def definition(study: Study) -> dict[str, Any]:
-    """What ``study`` says its trials are, as JSON values: every field but ``NOT_DEFINING``."""
-    values = {f.name: getattr(study, f.name) for f in dataclasses.fields(study) if f.name not in NOT_DEFINING}
-    return json.loads(json.dumps(values, default=_param_json))
-
-
-def _param_json(param: Any) -> dict[str, Any]:
-    return {"kind": type(param).__name__, **dataclasses.asdict(param)}
-
-
-def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``field: old -> new`` for each field of two ``definition``s that differs, dict fields by key."""
-    out = []
-    for name in sorted(set(saved) | set(current)):
-        old, new = saved.get(name), current.get(name)
-        if isinstance(old, dict) and isinstance(new, dict):
-            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            out += [f"{name}[{k!r}]: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
-        elif old != new:
-            out.append(f"{name}: {old!r} -> {new!r}")
-    return out
 
 
 def check_resume(
@@ -133,49 +70,6 @@ def check_resume(
             "%s: %s changed since it ran (%s); resuming (--force)", study.name, source, "; ".join(changed)
         )
     return dict(saved.extra)
-
-
-def run_folder(spec: TrialSpec, trial_id: str) -> Path:
-    """The Ray Train run of trial ``trial_id``: its checkpoints, and when the trial first started."""
-    return Path(spec.train_storage) / f"train-{trial_id}"
-
-
-def finished_metrics(run: Path) -> dict[str, Any] | None:
-    """The final metrics of a trial's run, once its newest checkpoint holds them (the record a
-    finished trial is counted from, whatever Tune last saved); None while it has not finished."""
-    for folder in sorted(run.glob("checkpoint_*"), reverse=True):  # names end in their time
-        if (folder / "metrics.json").is_file() and (folder / "ranks.parquet").is_file():
-            import pyarrow.parquet
-
-            try:
-                pyarrow.parquet.read_metadata(folder / "ranks.parquet")
-                return json.loads((folder / "metrics.json").read_text())
-            except (json.JSONDecodeError, pyarrow.ArrowInvalid):  # a copy cut short: not finished yet
-                return None
-    return None
-
-
-def started_at(run: Path) -> str | None:
-    """When the trial first started (a resumed or retried trial keeps its first start)."""
-    path = run / STARTED_FILE
-    return path.read_text().strip() if path.is_file() else None
-
-
-def final_row(metrics: dict[str, Any], config: RunConfig, started: str | None) -> dict[str, Any]:
-    """What a finished trial reports to Tune: flat final metrics, cost and provenance."""
-    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    return {
-        **numbers,
-        "final": 1,
-        "git_commit": metrics["git"]["commit"],
-        "git_dirty": metrics["git"]["dirty"],
-        "versions": json.dumps(metrics["versions"], sort_keys=True),
-        "data_hash": metrics["data_hash"],
-        "hardware": f"{config.train.workers} x {metrics['device']} on {metrics['host']}",
-        "nodes": ",".join(dict.fromkeys(metrics.get("nodes", []))),
-        "started": started,
-        "ended": metrics.get("ended"),
-    }
 
 
 def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
