@@ -147,6 +147,25 @@ def test_resume_refuses_a_changed_study_file(tiny_kg: Path, tmp_path: Path) -> N
         check_resume(study, "x.py", folder, {"train.lr": "0.1"}, force=True)
 
 
+def test_an_inline_checkpoint_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A one-worker trial's checkpoints: written aside, renamed into place, the newest KEEP kept."""
+    from kon_ray.studies.inline import KEEP, latest_checkpoint, publish
+
+    run = tmp_path / "train-x"
+    written = [publish(run, lambda f, n=n: (f / "state.json").write_text(str(n))) for n in range(3)]
+    assert sorted(run.glob("checkpoint_*")) == written[-KEEP:] and latest_checkpoint(run) == written[-1]
+
+    def crash(folder: Path) -> None:
+        (folder / "state.json").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        publish(run, crash)
+    assert sorted(run.iterdir()) == written[-KEEP:]  # nothing half written left behind
+    final = publish(run, lambda f: (f / "metrics.json").write_text("{}"))
+    assert latest_checkpoint(run) == written[-1] and (final / "metrics.json").is_file()  # resumes nothing
+
+
 def test_overriding_a_varied_key_is_rejected(tiny_kg: Path) -> None:
     study = Study(name="x", base=tiny_base(tiny_kg), grid={"model.k": [2, 4]})
     with pytest.raises(ConfigError, match=r"s\.py: overrides \['model\.k'\] set keys the study varies"):
@@ -276,6 +295,7 @@ def local_ray() -> Iterator[None]:
 @pytest.mark.slow
 def test_grid_with_a_failing_trial_retries_and_records_it(local_ray: None, tiny_kg: Path, tmp_path: Path) -> None:
     """2 grid points; a worker crashes once after its first checkpoint, the trial is retried from it."""
+    from kon_ray.studies.inline import latest_checkpoint
     from kon_ray.studies.tune import run_study
 
     study = Study(name="grid", base=tiny_base(tiny_kg), grid={"model.k": [2, 4]}, max_retries=1)
@@ -289,6 +309,9 @@ def test_grid_with_a_failing_trial_retries_and_records_it(local_ray: None, tiny_
     retried = table[table["failures"] > 0]
     assert len(retried) >= 1 and retried["error"].str.contains("injected crash after step 2").all()
     assert set(table["config.data.dataset"]) == {str(tiny_kg)} and set(table["config.model.backbone"]) == {"embedded"}
+    for run in (tmp_path / "grid" / "train").glob("train-*"):  # one worker: trained in the trial's process
+        assert not (run / ".validate_storage_marker").exists()  # no Ray Train run
+        assert json.loads((latest_checkpoint(run) / "state.json").read_text())["step"] == 4  # last validation
     exported = pd.read_parquet(tmp_path / "grid" / "grid.parquet")
     assert len(exported) == 2 and (tmp_path / "grid" / "grid.csv").exists()
 

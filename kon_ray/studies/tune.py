@@ -1,8 +1,11 @@
-"""Running a study on Ray Tune: one Tune trial per config, each a Ray Train run of ``distributed.worker``.
+"""Running a study on Ray Tune: one Tune trial per config.
 
-A trial launches a ``TorchTrainer`` named ``train-<trial_id>`` under the study's folder, so a
-retried or resumed trial continues from its own latest checkpoint. Validation reports reach Tune
-(for ASHA and progress); the trial then reports its final metrics and provenance once.
+A one-worker trial trains in its Tune trial's own process (``inline``, which Tune reuses for the
+next trial); a trial of more workers launches a ``TorchTrainer`` running ``distributed.worker``.
+Either way its run, ``train-<trial_id>`` under the study's folder, holds a checkpoint per
+validation, so a retried or resumed trial continues from its own latest one, and a finished run's
+final result, which a resume reports without training again. Validation reports reach Tune (for
+ASHA and progress); the trial then reports its final metrics and provenance once.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from kon_ray.distributed import (
     check_resources,
     cluster_nodes,
     cpus_per_worker,
+    resolve_cpus,
     start_ray,
     total_resources,
+    worker_resources,
     worker_slots,
 )
 from kon_ray.results import now, write_atomic, write_json
@@ -73,14 +78,13 @@ def check_resume(
 
 
 def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
-    """The Tune function trainable: one Ray Train run, resumed from its checkpoint if it has one.
+    """The Tune function trainable: one trial, resumed from its run's checkpoint if it has one.
 
+    A one-worker trial trains in this process (``inline``); more workers run as a Ray Train run.
     A run that already holds its final result (its driver stopped before Tune saved that) reports
-    it again without starting any Ray Train worker.
+    it again without training or starting any worker.
     """
     from ray import tune
-
-    from kon_ray.studies.callbacks import ValidationToTune
 
     config = spec.config(params)
     trial_id = tune.get_context().get_trial_id()
@@ -90,7 +94,13 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     metrics = finished_metrics(run)
     if metrics is not None:
         log.info("trial %s: its run had finished; reporting its result without starting it again", trial_id)
+    elif config.train.workers == 1:
+        from kon_ray.studies.inline import run_inline
+
+        metrics = run_inline(config, run, spec.loop_extra)
     else:
+        from kon_ray.studies.callbacks import ValidationToTune
+
         callbacks = [ValidationToTune()]
         trainer = build_trainer(config, run.name, spec.train_storage, 0, dict(spec.loop_extra), callbacks)
         result = trainer.fit()
@@ -187,7 +197,9 @@ def run_study(
     concurrent, cpus, driver = plan_resources(study, configs, total_resources(nodes), nodes)
     extra = {**overrides, **({"train.cpus_per_worker": cpus} if cpus is not None and "train.cpus_per_worker" not in overrides else {})}
     spec = trial_spec(study, folder, extra, loop_extra or {})
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
+    inline = all(c.train.workers == 1 for c in configs)  # each trial trains in its own process
+    resources = _worker_request(spec, nodes) if inline else driver
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
     if tune.Tuner.can_restore(str(folder)):
         if not resume:
             raise ConfigError(f"{folder}: this study has run before; pass --resume to finish it (or another --storage)")
@@ -208,6 +220,16 @@ def run_study(
     table = study_table(folder)
     export_table(table, folder, study.name)
     return table
+
+
+def _worker_request(spec: TrialSpec, nodes: list[dict[str, float]]) -> Any:
+    """What an inline trial's process asks for: its one worker's CPUs and GPUs."""
+    from ray.tune import PlacementGroupFactory
+
+    def request(params: dict[str, Any]) -> Any:
+        return PlacementGroupFactory([worker_resources(resolve_cpus(spec.config(params), nodes))])
+
+    return request
 
 
 def _new_tuner(study: Study, spec: TrialSpec, trainable: Any, folder: Path, concurrent: int) -> Any:
@@ -242,6 +264,7 @@ def _new_tuner(study: Study, spec: TrialSpec, trainable: Any, folder: Path, conc
             scheduler=scheduler,
             num_samples=study.num_samples,
             max_concurrent_trials=concurrent,
+            reuse_actors=True,  # the next trial runs in a finished one's process, its imports done
             time_budget_s=study.time_budget_minutes * 60 if study.time_budget_minutes else None,
         ),
         run_config=tune.RunConfig(
