@@ -197,9 +197,10 @@ def finished_runs(folder: Path) -> dict[str, Path]:
     return {run.name.removeprefix("train-"): run for run in runs}
 
 
-def run_record(run: Path) -> tuple[list[str], float]:
-    """A Ray Train run's files, and when a run last (re)started there: Ray Train rewrites this marker."""
-    return sorted(p.name for p in run.iterdir()), (run / ".validate_storage_marker").stat().st_mtime
+def run_record(run: Path) -> dict[str, int]:
+    """A trial's run folder: what is in it, and when each was last written (a run that starts again
+    writes checkpoints, and Ray Train its storage marker)."""
+    return {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
 
 
 def status_of(folder: Path) -> str:
