@@ -289,6 +289,17 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        space = self.model.score_space
+        check(
+            not (self.loss.contrastive == "eq12" and space == "logit"),
+            "loss.contrastive='eq12' needs model.score_space='probability' (it takes log p)",
+        )
+        check(
+            not (self.model.joint == "product" and space == "logit"),
+            "model.joint='product' needs model.score_space='probability' (a product of probabilities)",
+        )
+
     @property
     def learning_rate(self) -> float:
         """``train.lr``, or the default for the backbone when it is None."""

@@ -31,7 +31,7 @@ RESULT_FILES = ("metrics.json", "ranks.parquet")
 # A local Ray and its workers' gloo groups on loopback only.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo"}
 # Every worker process of a Ray on this machine's loopback runs ``setup_local_worker`` first.
-LOCAL_RUNTIME_ENV = {"worker_process_setup_hook": "kon_ray.distributed.setup_local_worker"}
+LOCAL_SETUP_HOOK = "kon_ray.distributed.setup_local_worker"
 # What `ray up` leaves on the head node: cluster.yaml as its autoscaler runs it.
 AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
@@ -49,11 +49,22 @@ def start_ray(address: str | None, **local: Any) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        ray.init(_node_ip_address="127.0.0.1", runtime_env=LOCAL_RUNTIME_ENV, **local)
+        ray.init(_node_ip_address="127.0.0.1", runtime_env=local_runtime_env(), **local)
     elif address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):  # e.g. a ray.cluster_utils.Cluster
-        ray.init(address=address, runtime_env=LOCAL_RUNTIME_ENV)
+        ray.init(address=address, runtime_env=local_runtime_env())
     else:
         ray.init(address=address)
+
+
+def local_runtime_env() -> dict[str, Any]:
+    """The runtime environment of a Ray on this machine: the worker set-up hook, and a test's
+    fault plan (``kon_ray.training.faults``) when one is named."""
+    from kon_ray.training.faults import FAULTS_ENV
+
+    env = {"worker_process_setup_hook": LOCAL_SETUP_HOOK}
+    if FAULTS_ENV in os.environ:
+        return {**env, "env_vars": {FAULTS_ENV: os.environ[FAULTS_ENV]}}
+    return env
 
 
 def setup_local_worker() -> None:
@@ -209,17 +220,12 @@ def worker(loop: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if config.train.gpus_per_worker > 0 else torch.device("cpu")
     if device.type == "cpu" and config.train.threads is None:
         torch.set_num_threads(max(1, int(config.train.cpus_per_worker or 1)))
-    crash_after = loop.get("crash_after_step")
 
     def on_eval(engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None) -> None:
         with tempfile.TemporaryDirectory() as folder:
             checkpoint.save(Path(folder), engine, state, best, world.rank, loop["config"])
             saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(dict(record), checkpoint=saved)
-        marker = loop.get("crash_marker")
-        if crash_after is not None and state.step >= crash_after and marker and not Path(marker).exists():
-            Path(marker).touch()  # fault injection for resume tests: crash once, after a checkpoint
-            raise RuntimeError(f"injected crash after step {state.step}")
 
     with tempfile.TemporaryDirectory() as local:
         resume = _restore(ray.train.get_checkpoint(), Path(local))
@@ -248,7 +254,6 @@ def build_trainer(
     name: str,
     storage: str,
     max_failures: int = 0,
-    loop_extra: dict[str, Any] | None = None,
     callbacks: list[Any] | None = None,
 ) -> Any:
     """A ``TorchTrainer`` running ``worker`` for ``config``, whose ``train.cpus_per_worker`` is resolved.
@@ -261,7 +266,7 @@ def build_trainer(
     t = config.train
     return TorchTrainer(
         worker,
-        train_loop_config={"config": config.to_dict(), **(loop_extra or {})},
+        train_loop_config={"config": config.to_dict()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.workers,
             use_gpu=t.gpus_per_worker > 0,
@@ -284,7 +289,6 @@ def launch(
     storage: str | None = None,
     name: str | None = None,
     max_failures: int = 0,
-    loop_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` on Ray Train workers; copy ``metrics.json`` and ``ranks.parquet`` into ``out``.
 
@@ -301,7 +305,7 @@ def launch(
     nodes = cluster_nodes()
     config = resolve_cpus(config, nodes)
     check_resources(config, total_resources(nodes), nodes)
-    trainer = build_trainer(config, name or out.name, storage or str((out / "ray").resolve()), max_failures, loop_extra)
+    trainer = build_trainer(config, name or out.name, storage or str((out / "ray").resolve()), max_failures)
     result = trainer.fit()
     if result.error is not None:
         raise result.error

@@ -7,11 +7,17 @@ raw logits in 'logit' space. Every loss returns the mean over queries.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from kon_ray.config import LossConfig
+from kon_ray.config import LossConfig, RunConfig
+
+if TYPE_CHECKING:
+    from kon_ray.data.prompts import Batch
+    from kon_ray.model import KONModel
 
 
 def _floored(log_p: torch.Tensor, floor: float) -> torch.Tensor:
@@ -46,13 +52,22 @@ def bce_adversarial(pos: torch.Tensor, neg: torch.Tensor, temperature: float, pr
     return (-F.logsigmoid(pos) - (weights * F.logsigmoid(-neg)).sum(-1)).mean()
 
 
+Contrastive = Callable[[torch.Tensor, torch.Tensor, LossConfig, bool], torch.Tensor]
+"""L_nce from (positive scores (B,), negative scores (B, |N|), settings, probability space)."""
+
+CONTRASTIVE: dict[str, Contrastive] = {
+    "eq12": lambda pos, neg, config, probability: eq12(pos, neg, config.floor),
+    "infonce": lambda pos, neg, config, probability: infonce(pos, neg),
+    "bce_adversarial": lambda pos, neg, config, probability: bce_adversarial(
+        pos, neg, config.adversarial_temperature, probability
+    ),
+}
+"""``loss.contrastive`` names a key of this registry (a test checks that both agree)."""
+
+
 def contrastive(pos: torch.Tensor, neg: torch.Tensor, config: LossConfig, probability: bool) -> torch.Tensor:
     """L_nce for scores of the positive (B,) and the negatives (B, |N|)."""
-    if config.contrastive == "eq12":
-        return eq12(pos, neg, config.floor)
-    if config.contrastive == "infonce":
-        return infonce(pos, neg)
-    return bce_adversarial(pos, neg, config.adversarial_temperature, probability)
+    return CONTRASTIVE[config.contrastive](pos, neg, config, probability)
 
 
 def sft(logits: torch.Tensor, tokens: torch.Tensor, queries: int, config: LossConfig) -> torch.Tensor:
@@ -80,3 +95,34 @@ def tdt(kon_logits: torch.Tensor, llm_logits: torch.Tensor, queries: int, detach
     if detach_target:
         log_llm = log_llm.detach()
     return (log_kon.exp() * (log_kon - log_llm)).sum() / queries
+
+
+def step_losses(
+    model: KONModel, batch: Batch, candidate_tokens: torch.Tensor, candidate_mask: torch.Tensor, config: RunConfig
+) -> dict[str, torch.Tensor]:
+    """Algorithm 1, lines 3-8, for one micro-batch: the weighted terms and their sum (``loss``).
+
+    ``batch`` holds the queries with their targets' tokens; ``candidate_tokens`` and
+    ``candidate_mask`` (B, 1 + |N|, K) are eq. 8's tokens of each query's target (column 0)
+    and its negatives.
+    """
+    cfg = config.loss
+    out: dict[str, torch.Tensor] = {}
+    h = model.hidden(batch)
+    h0 = h[torch.arange(len(h), device=h.device), batch.last]
+    kon_logits = model.kon(h0, model.output_weight)  # eq. 3-7
+    if cfg.nce_weight > 0:
+        scores = model.kon.entity_scores(model.kon.step_log_probs(kon_logits), candidate_tokens, candidate_mask)
+        probability = config.model.score_space == "probability"
+        out["nce"] = cfg.nce_weight * contrastive(scores[:, 0], scores[:, 1:], cfg, probability)
+    if cfg.sft_weight > 0 or cfg.tdt_weight > 0:
+        # The backbone head, teacher-forced at the target's real steps only: position last + k
+        # predicts the target's token k.
+        query, step = batch.target_mask.nonzero(as_tuple=True)
+        llm_logits = model.head(h[query, batch.last[query] + step])  # (n, V)
+        if cfg.sft_weight > 0:
+            out["sft"] = cfg.sft_weight * sft(llm_logits, batch.target_tokens[query, step], len(h), cfg)
+        if cfg.tdt_weight > 0:
+            out["tdt"] = cfg.tdt_weight * tdt(kon_logits[query, step], llm_logits, len(h), cfg.kl_detach_target)
+    out["loss"] = sum(out.values())
+    return out

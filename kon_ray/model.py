@@ -2,20 +2,26 @@
 
 The module follows the paper's equations in order (Guo et al., AAAI 2025):
 eq. 3 head MLPs, eq. 4-5 conditional attention, eq. 6-7 LoRA score layers,
-eq. 8-10 K-step gathering, eq. 11 joint entity probability. Losses live in
-``kon_ray.losses``; ranking in ``kon_ray.evaluation``.
+eq. 8-10 K-step gathering, eq. 11 joint entity probability; ``KONModel`` puts them on the
+backbone LLM (eq. 1-2). Losses live in ``kon_ray.losses``; ranking in ``kon_ray.evaluation``.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kon_ray.config import ModelConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from kon_ray.data.prompts import Batch
 
 
 class RMSNorm(nn.Module):
@@ -207,3 +213,48 @@ class KON(nn.Module):
             gathered = step_scores[rows[:, None], steps[:1], tokens[cols]]  # (n, K)
             scores[rows, cols] = self._joint(gathered, mask[cols])
         return scores
+
+
+class KONModel(nn.Module):
+    """The backbone LLM and the K-ON heads, trained together.
+
+    The backbone's decoder and output head are looked up through ``backbone`` on each use,
+    never stored as attributes: a stored module would be registered a second time under
+    another name, and checkpoints that exclude frozen weights would still save it.
+    """
+
+    def __init__(self, backbone: PreTrainedModel, kon: KON) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.kon = kon
+
+    @property
+    def base(self) -> PreTrainedModel:
+        """The causal LM under any peft wrapper."""
+        get_base = getattr(self.backbone, "get_base_model", None)
+        return get_base() if get_base is not None else self.backbone
+
+    @property
+    def decoder(self) -> nn.Module:
+        base = self.base
+        return getattr(base, base.base_model_prefix)
+
+    @property
+    def head(self) -> nn.Module:
+        """The backbone's output head, W^S of eq. 6."""
+        return self.base.get_output_embeddings()
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.head.weight
+
+    def hidden(self, batch: Batch) -> torch.Tensor:
+        """Eq. 1: the backbone's final hidden states (B, L, d)."""
+        return self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+
+    def scores_all(self, batch: Batch, entity_tokens: torch.Tensor, entity_mask: torch.Tensor) -> torch.Tensor:
+        """One forward pass scores every entity: (B, E)."""
+        h = self.hidden(batch)
+        h0 = h[torch.arange(len(h), device=h.device), batch.last]
+        step = self.kon.step_log_probs(self.kon(h0, self.output_weight))
+        return self.kon.entity_scores(step, entity_tokens, entity_mask)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kon_ray.config import RunConfig, apply_overrides
+from kon_ray.training.faults import FAULTS_ENV
 
 os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", GLOO_SOCKET_IFNAME="lo")
 
@@ -18,6 +21,27 @@ SYLLABLES = ["ka", "lo", "mi", "ne", "su", "ta", "vi", "ro", "pe", "zu", "da", "
 @pytest.fixture(autouse=True, scope="session")
 def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["KON_RAY_CACHE"] = str(tmp_path_factory.mktemp("kon-ray-cache"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fault_plan_path(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Set before any Ray starts, so that every Ray process knows where a test plans a fault."""
+    os.environ[FAULTS_ENV] = str(tmp_path_factory.mktemp("faults") / "plan.json")
+
+
+@pytest.fixture
+def crash_after(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """``crash_after(n)``: the first process past a checkpoint at step >= n crashes, once; returns
+    the marker file that the crash leaves. The plan is removed after the test."""
+    plan = Path(os.environ[FAULTS_ENV])
+
+    def arm(step: int) -> Path:
+        marker = tmp_path / "crashed"
+        plan.write_text(json.dumps({"crash_after_step": step, "marker": str(marker)}))
+        return marker
+
+    yield arm
+    plan.unlink(missing_ok=True)
 
 
 def write_tiny_kg(folder: Path, seed: int = 0) -> Path:

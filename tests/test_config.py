@@ -47,6 +47,7 @@ def test_overrides_are_typed() -> None:
         ("train.lr=-1", "train.lr=-1.0: must be > 0"),
         ("model=3", "is a section"),
         ("model.k", "expected key=value"),
+        ("model.score_space=logit", "loss.contrastive='eq12' needs model.score_space='probability'"),
         ("train.lr=inf", "train.lr='inf': must be a finite number"),
         ("train.lr=nan", "train.lr='nan': must be a finite number"),
         ("train.epochs=inf", "train.epochs='inf': must be a finite number"),
@@ -73,6 +74,11 @@ def test_auto_tuning() -> None:
     assert ModelConfig(backbone="some/llm", backbone_tuning="full").tuning == "full"
 
 
+def test_cross_field_checks_run_on_construction() -> None:
+    """A product of probabilities needs probability space, whatever the loss."""
+    with pytest.raises(ConfigError, match="model.joint='product' needs model.score_space='probability'"):
+        apply_overrides(RunConfig(), ["loss.contrastive=infonce", "model.score_space=logit", "model.joint=product"])
+    assert apply_overrides(RunConfig(), ["loss.contrastive=infonce", "model.score_space=logit"]).model.score_space == "logit"
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
 def test_non_finite_python_values_are_refused(value: float) -> None:
     """Study files and ``from_dict`` pass Python floats, which go through the same coercer."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,13 +51,15 @@ def test_two_workers_zero2_match_one_worker(
 
 
 @pytest.mark.slow
-def test_crashed_run_resumes_to_the_same_result(local_ray: None, tiny_kg: Path, tmp_path: Path) -> None:
+def test_crashed_run_resumes_to_the_same_result(
+    local_ray: None, tiny_kg: Path, tmp_path: Path, crash_after: Callable[[int], Path]
+) -> None:
     """A worker crash after a checkpoint: the group restarts from it and ends as if never stopped."""
     config = tiny_config(tiny_kg, *STEPS, "train.workers=2", "train.zero_stage=2")
     whole = launch(config, tmp_path / "whole")
-    crash = {"crash_after_step": 4, "crash_marker": str(tmp_path / "crashed")}
-    resumed = launch(config, tmp_path / "resumed", max_failures=1, loop_extra=crash)
-    assert (tmp_path / "crashed").exists()
+    crashed = crash_after(4)
+    resumed = launch(config, tmp_path / "resumed", max_failures=1)
+    assert crashed.exists()
     assert resumed["steps"] == whole["steps"]
     assert losses(resumed) == pytest.approx(losses(whole), rel=1e-4)
     assert resumed["test.mrr"] == pytest.approx(whole["test.mrr"], abs=1e-6)

@@ -97,3 +97,13 @@ def test_tdt_target_detached() -> None:
     llm = torch.randn(1, 2, 5, requires_grad=True)
     losses.tdt(kon[0], llm[0], 1, detach_target=True).backward()
     assert llm.grad is None and kon.grad is not None
+
+
+def test_contrastive_registry_matches_the_config_choices() -> None:
+    """Every ``loss.contrastive`` name has its loss, and the registry holds no name the config refuses."""
+    import typing
+
+    from kon_ray.config import LossConfig
+    from kon_ray.losses import CONTRASTIVE
+
+    assert set(CONTRASTIVE) == set(typing.get_args(typing.get_type_hints(LossConfig)["contrastive"]))

@@ -33,7 +33,7 @@ def test_mixed_precision_trains_in_bfloat16_and_ranks_in_float32(tiny_kg: Path) 
         s = setup(tiny_config(tiny_kg, f"model.dtype={dtype}"))
         s.model.eval()  # no dropout: both see the same forward pass
         head_dtypes: list[torch.dtype] = []
-        s.model._head.register_forward_hook(lambda module, args, out: head_dtypes.append(out.dtype))
+        s.model.head.register_forward_hook(lambda module, args, out: head_dtypes.append(out.dtype))
         chunk = both_directions(s.kg.train).take(np.arange(16))
         negatives = sample_negatives(s.train_index, chunk, 16, torch.Generator().manual_seed(0))
         terms = compute_losses(s, chunk, negatives)

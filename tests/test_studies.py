@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -294,15 +294,17 @@ def local_ray() -> Iterator[None]:
 
 
 @pytest.mark.slow
-def test_grid_with_a_failing_trial_retries_and_records_it(local_ray: None, tiny_kg: Path, tmp_path: Path) -> None:
+def test_grid_with_a_failing_trial_retries_and_records_it(
+    local_ray: None, tiny_kg: Path, tmp_path: Path, crash_after: Callable[[int], Path]
+) -> None:
     """2 grid points; a worker crashes once after its first checkpoint, the trial is retried from it."""
     from kon_ray.studies.inline import latest_checkpoint
     from kon_ray.studies.tune import run_study
 
     study = Study(name="grid", base=tiny_base(tiny_kg), grid={"model.k": [2, 4]}, max_retries=1)
-    crash = {"crash_after_step": 2, "crash_marker": str(tmp_path / "crashed")}
-    table = run_study(study, "grid.py", storage=tmp_path, loop_extra=crash)
-    assert (tmp_path / "crashed").exists()
+    crashed = crash_after(2)
+    table = run_study(study, "grid.py", storage=tmp_path)
+    assert crashed.exists()
     assert sorted(table["config.model.k"]) == [2, 4] and (table["status"] == "TERMINATED").all()
     for column in (*METRICS, "trainable_params", "step_time_s", "train_time_s", "device_hours", "git_commit", "data_hash"):
         assert table[column].notna().all(), column

@@ -99,7 +99,7 @@ def test_htt_losses_on_real_steps_equal_the_masked_padded_form(tiny_kg: Path) ->
     rows = torch.arange(len(h))
     log_kon = F.log_softmax(s.model.kon(h[rows, batch.last], s.model.output_weight), -1)
     positions = (batch.last[:, None] + torch.arange(mask.shape[1])).clamp(max=h.shape[1] - 1)
-    log_llm = F.log_softmax(s.model._head(h[rows[:, None], positions]), -1)
+    log_llm = F.log_softmax(s.model.head(h[rows[:, None], positions]), -1)
     floor = torch.tensor(math.log(s.config.loss.floor))
     target = log_llm.gather(-1, batch.target_tokens[..., None])[..., 0]
     sft = -torch.logaddexp(target, floor) + torch.logaddexp(log_llm, floor).mean(-1)  # eq. 13

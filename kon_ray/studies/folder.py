@@ -40,8 +40,6 @@ class TrialSpec:
     """Trials the study runs: its grid x variants x seeds, or its Optuna sample budget."""
     train_storage: str
     """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
-    loop_extra: Mapping[str, Any] = field(default_factory=dict)
-    """Extra ``distributed.worker`` arguments (fault injection in tests)."""
     definition: Mapping[str, Any] = field(default_factory=dict)
     """What the study file said when the study ran (``definition``); ``--resume`` compares it."""
 
@@ -61,8 +59,8 @@ def read_spec(folder: Path) -> TrialSpec:
     if not path.is_file():
         raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
     try:
-        values = json.loads(path.read_text())
-        return TrialSpec(**{**values, "varied": tuple(values["varied"]), "loop_extra": {}})
+        values = {k: v for k, v in json.loads(path.read_text()).items() if k != "loop_extra"}  # older records
+        return TrialSpec(**{**values, "varied": tuple(values["varied"])})
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}:{error.lineno}: corrupt study record ({error.msg})") from None
     except (KeyError, TypeError) as error:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,9 @@ def latest_checkpoint(run: Path) -> Path | None:
     return folders[-1] if folders else None
 
 
-def run_inline(config: RunConfig, run: Path, loop_extra: Mapping[str, Any]) -> dict[str, Any]:
+def run_inline(config: RunConfig, run: Path) -> dict[str, Any]:
     """Train and test ``config`` (one worker) in this process, reporting each validation to Tune;
-    resume from ``run``'s newest checkpoint. ``loop_extra`` as for ``distributed.worker``."""
+    resume from ``run``'s newest checkpoint."""
     import ray
     import torch
     from ray import tune
@@ -61,14 +61,10 @@ def run_inline(config: RunConfig, run: Path, loop_extra: Mapping[str, Any]) -> d
     device = torch.device("cuda" if config.train.gpus_per_worker > 0 else "cpu")
     if device.type == "cpu" and config.train.threads is None:
         torch.set_num_threads(max(1, int(config.train.cpus_per_worker or 1)))
-    crash_after, marker = loop_extra.get("crash_after_step"), loop_extra.get("crash_marker")
 
     def on_eval(engine: Any, record: dict[str, float], state: Any, best: dict[str, Any] | None) -> None:
         publish(run, lambda folder: checkpoint.save(folder, engine, state, best, 0, config.to_dict()))
         tune.report(dict(record))
-        if crash_after is not None and state.step >= crash_after and marker and not Path(marker).exists():
-            Path(marker).touch()  # fault injection for resume tests: crash once, after a checkpoint
-            raise RuntimeError(f"injected crash after step {state.step}")
 
     metrics, table = train_and_test(config, World(), on_eval, latest_checkpoint(run), device)
     metrics["nodes"] = [ray.get_runtime_context().get_node_id()]

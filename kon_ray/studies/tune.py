@@ -97,12 +97,11 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     elif config.train.workers == 1:
         from kon_ray.studies.inline import run_inline
 
-        metrics = run_inline(config, run, spec.loop_extra)
+        metrics = run_inline(config, run)
     else:
         from kon_ray.studies.callbacks import ValidationToTune
 
-        callbacks = [ValidationToTune()]
-        trainer = build_trainer(config, run.name, spec.train_storage, 0, dict(spec.loop_extra), callbacks)
+        trainer = build_trainer(config, run.name, spec.train_storage, 0, [ValidationToTune()])
         result = trainer.fit()
         if result.error is not None:
             raise result.error
@@ -111,9 +110,7 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     tune.report(final_row(metrics, config, started_at(run)))
 
 
-def trial_spec(
-    study: Study, folder: Path, extra: Mapping[str, Any], loop_extra: Mapping[str, Any] = {}  # noqa: B006
-) -> TrialSpec:
+def trial_spec(study: Study, folder: Path, extra: Mapping[str, Any]) -> TrialSpec:
     """What every trial of ``study`` in ``folder`` shares, ``extra`` on top of every trial."""
     return TrialSpec(
         study=study.name,
@@ -125,14 +122,13 @@ def trial_spec(
         mode=study.mode,
         trials=trial_count(study),
         train_storage=str(folder / "train"),
-        loop_extra=dict(loop_extra),
         definition=definition(study),
     )
 
 
 def save_spec(folder: Path, spec: TrialSpec, overrides: Mapping[str, Any]) -> None:
     """Write ``study.json``: ``spec`` with the command line's ``overrides`` as its ``extra``."""
-    write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides), "loop_extra": {}})
+    write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides)})
 
 
 def plan_resources(
@@ -178,7 +174,6 @@ def run_study(
     storage: str | Path = "runs/studies",
     address: str | None = None,
     resume: bool = False,
-    loop_extra: Mapping[str, Any] | None = None,
     force: bool = False,
 ) -> pd.DataFrame:
     """Run (or with ``resume``, finish) ``study``; return and export its result table.
@@ -196,7 +191,7 @@ def run_study(
     nodes = cluster_nodes()
     concurrent, cpus, driver = plan_resources(study, configs, total_resources(nodes), nodes)
     extra = {**overrides, **({"train.cpus_per_worker": cpus} if cpus is not None and "train.cpus_per_worker" not in overrides else {})}
-    spec = trial_spec(study, folder, extra, loop_extra or {})
+    spec = trial_spec(study, folder, extra)
     inline = all(c.train.workers == 1 for c in configs)  # each trial trains in its own process
     resources = _worker_request(spec, nodes) if inline else driver
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
