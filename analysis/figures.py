@@ -62,18 +62,6 @@ def varies(table: pd.DataFrame, column: str) -> bool:
     return column in table.columns and table[column].nunique(dropna=True) > 1
 
 
-def analyses(table: pd.DataFrame) -> tuple[str, ...]:
-    """Which figures/tables a study's table supports, from the config columns that vary in it.
-
-    "heads" (Fig. 3) when K varies, "negatives" (Fig. 4) when |N| varies, "joint" (Table 4) when
-    the joint operator or weights vary, "ablation" (Table 3) when the variant varies, else "main"
-    (Table 2).
-    """
-    factors = {"heads": (K,), "negatives": (NEGATIVES,), "joint": (JOINT, WEIGHTS), "ablation": (VARIANT,)}
-    found = tuple(name for name, columns in factors.items() if any(varies(table, c) for c in columns))
-    return found or ("main",)
-
-
 def _warn_confounded(done: pd.DataFrame, by: str) -> None:
     config = [c for c in done.columns if c.startswith("config.") and c != by and "seed" not in c]
     others = [c for c in config if done[c].astype(str).nunique() > 1]

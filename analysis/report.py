@@ -1,37 +1,33 @@
 """One self-contained HTML report of one or more studies: provenance, trial counts, figures and tables.
 
 The file opens offline: plotly.js is embedded once, inline, and nothing is fetched (no CDN, no
-MathJax, no web fonts). Which figures appear depends on the config columns that vary in each
-study's table (see :func:`analysis.figures.analyses`). For static images see :mod:`analysis.plots`.
+MathJax, no web fonts). Each study's figures and tables are the analyses it names
+(:data:`analysis.registry.REGISTRY`). For static images see :mod:`analysis.plots`.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
-import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from analysis import figures as F
 from analysis.hpo import HpoViews, hpo_views
-from kon_ray.paper import METRICS, PUBLISHED, TABLE2, PaperValues
-from analysis.plots import heads_figure, negatives_figure
+from analysis.html import escape, figure
+from analysis.registry import REGISTRY
 from analysis.stats import CI_METHOD
+from kon_ray.paper import PaperValues
 from kon_ray.results import write_atomic
 
 log = logging.getLogger(__name__)
 
 STATUSES = {"finished": "TERMINATED", "failed": "ERROR", "pruned": "PRUNED", "running": "RUNNING", "pending": "PENDING"}
-HEADERS = {"mrr": "MRR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10"}
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}
@@ -46,9 +42,10 @@ class StudyInfo:
     """What the report knows about a study beyond its result table."""
 
     name: str  # matches the table's ``study`` column
-    paper: Mapping[str, PaperValues | Mapping[str, Mapping[str, float | None]]] = field(default_factory=dict)
-    """Published values by key: "table2/<dataset>", "table3", "table4", "figure3", "figure4"; missing
-    keys fall back to :data:`kon_ray.paper.PUBLISHED`."""
+    analyses: tuple[str, ...] = ()
+    """The figures and tables the study names (``analysis.registry.REGISTRY``); the report guesses none."""
+    paper: PaperValues | Mapping[str, PaperValues] | None = None
+    """The study's published values (by dataset for Table 2), instead of each analysis's own; None: theirs."""
     expected_trials: int | None = None  # M in "partial: N of M trials finished"; default: rows in the table
     optuna_storage: str | None = None  # e.g. "sqlite:///path/optuna.db", for the HPO views
     optuna_study: str | None = None
@@ -63,14 +60,6 @@ class _Ids:
     def __call__(self, base: str) -> str:
         self.seen[base] = self.seen.get(base, 0) + 1
         return base if self.seen[base] == 1 else f"{base}-{self.seen[base]}"
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value))
-
-
-def _num(value: float, fmt: str = "{:.2f}") -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
 
 
 def _distinct(table: pd.DataFrame, column: str) -> list[str]:
@@ -123,7 +112,7 @@ def _provenance(table: pd.DataFrame) -> str:
         "Data hash": ", ".join(_distinct(table, "data_hash")) or "?",
         "Package versions": "; ".join(f"{p} {' / '.join(v)}" for p, v in _versions(table).items()) or "?",
     }
-    return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items.items()) + "</dl>"
+    return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items.items()) + "</dl>"
 
 
 def _trials(table: pd.DataFrame, expected: int | None) -> str:
@@ -131,97 +120,42 @@ def _trials(table: pd.DataFrame, expected: int | None) -> str:
     total = max(expected or len(table), len(table))
     parts = []
     if banner := partial_banner(counts["finished"], total):
-        parts.append(f'<p class="banner" id="partial">{_e(banner)}</p>')
+        parts.append(f'<p class="banner" id="partial">{escape(banner)}</p>')
     parts.append("<p>Trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" (of {total})</p>")
     failed = table[table["status"] == STATUSES["failed"]]
     if len(failed):
         rows = "".join(
-            "<tr>" + "".join(f"<td>{'' if pd.isna(r.get(c)) else _e(r.get(c))}</td>" for c in ("trial_id", "seed", "error")) + "</tr>"
+            "<tr>" + "".join(f"<td>{'' if pd.isna(r.get(c)) else escape(r.get(c))}</td>" for c in ("trial_id", "seed", "error")) + "</tr>"
             for r in failed.to_dict("records")
         )
         parts.append(f'<table id="failures"><tr><th>failed trial</th><th>seed</th><th>error</th></tr>{rows}</table>')
     return "".join(parts)
 
 
-def comparison_html(frame: pd.DataFrame, element_id: str, paper: PaperValues) -> str:
-    """A tidy comparison (``analysis.figures._comparison``) as a table: paper | reproduced | difference per metric."""
-    modality = bool(paper.modality)
-    head1 = "<th rowspan=2>row</th>" + ("<th rowspan=2>modality</th>" if modality else "") + "<th rowspan=2>n</th>"
-    head1 += "".join(f"<th colspan=3>{HEADERS[m]}</th>" for m in METRICS)
-    head2 = '<th class="paper">paper</th><th class="reproduced">reproduced</th><th>difference</th>' * len(METRICS)
-    body = []
-    for label, group in frame.groupby("row", sort=False):
-        by_metric = group.set_index("metric")
-        cells = [f"<td>{_e(label)}</td>"] + ([f"<td>{_e(paper.modality.get(label, ''))}</td>"] if modality else [])
-        cells.append(f"<td>{int(group['n'].max())}</td>")
-        for m in METRICS:
-            r = by_metric.loc[m]
-            reproduced = _num(r["reproduced"]) + ("" if math.isnan(r["ci"]) else f" ± {r['ci']:.2f}")
-            cells += [f'<td class="paper">{_num(r["paper"])}</td>', f'<td class="reproduced">{reproduced}</td>',
-                      f"<td>{_num(r['difference'], '{:+.2f}')}</td>"]  # fmt: skip
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (
-        f'<table id="{element_id}"><caption>{_e(paper.source)}: paper (as printed, %) beside reproduced '
-        f"(mean ± 95% CI half-width over seeds, %); difference = reproduced − paper</caption>"
-        f"<tr>{head1}</tr><tr>{head2}</tr>{''.join(body)}</table>"
-    )
-
-
-def _figure(fig: go.Figure, element_id: str, caption: str, numbers: pd.DataFrame | None = None) -> str:
-    # The camera button saves the figure as a vector SVG, ready for a paper, with no extra install.
-    config = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg", "filename": element_id}}
-    div = pio.to_html(
-        fig, full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=f"{element_id}-plot", config=config
-    )
-    details = ""
-    if numbers is not None:
-        numbers_html = numbers.to_html(index=False, na_rep="—", float_format="{:.4g}".format)
-        details = f"<details><summary>numbers</summary>{numbers_html}</details>"
-    return f'<figure id="{element_id}">{div}<figcaption>{caption}</figcaption>{details}</figure>'
-
-
-def _paper(info: StudyInfo, key: str) -> PaperValues:
-    if key in info.paper:
-        return PaperValues.of(info.paper[key], key)
-    return PUBLISHED.get(key, PaperValues(key))
-
-
-def _paper_note(paper: PaperValues) -> str:
-    return f'<p class="note">Paper ({_e(paper.source)}): {_e(paper.note or "no published values")}</p>'
-
-
-def _heads(table: pd.DataFrame, info: StudyInfo, ids: _Ids) -> list[str]:
-    curve = F.heads_curve(table)
-    figure = _figure(heads_figure(curve), ids("fig-heads"), f"Mean test MRR with {_e(CI_METHOD)}", curve)
-    return ["<h3>Fig. 3: number of heads K</h3>", _paper_note(_paper(info, "figure3")), figure]
-
-
-def _negatives(table: pd.DataFrame, info: StudyInfo, ids: _Ids) -> list[str]:
-    curve = F.negatives_curve(table)
-    figure = _figure(negatives_figure(curve), ids("fig-negatives"), f"Mean test metrics with {_e(CI_METHOD)}", curve)
-    return ["<h3>Fig. 4: number of negatives |N|</h3>", _paper_note(_paper(info, "figure4")), figure]
-
-
-def _joint(table: pd.DataFrame, info: StudyInfo, ids: _Ids) -> list[str]:
-    paper = _paper(info, "table4")
-    frame = F.joint_probability_table(table, paper)
-    return ["<h3>Table 4: joint entity probability</h3>", comparison_html(frame, ids("table-joint"), paper)]
-
-
-def _ablation(table: pd.DataFrame, info: StudyInfo, ids: _Ids) -> list[str]:
-    paper = _paper(info, "table3")
-    return ["<h3>Table 3: ablations</h3>", comparison_html(F.ablation_table(table, paper), ids("table-ablation"), paper)]
-
-
-def _main(table: pd.DataFrame, info: StudyInfo, ids: _Ids) -> list[str]:
+def _analyses(table: pd.DataFrame, info: StudyInfo, ids: _Ids) -> list[str]:
+    """The sections of the analyses the study names, each beside the study's paper values or the registry's."""
     parts = []
-    published = {F.dataset_key(k): k for k in TABLE2}
-    for dataset in _distinct(F.finished(table), F.DATASET) or ["?"]:
-        paper = _paper(info, f"table2/{published.get(F.dataset_key(dataset), dataset)}")
-        frame = F.main_table(table, paper, dataset)
-        parts += [f"<h3>Table 2: main results, {_e(dataset)}</h3>",
-                  comparison_html(frame, ids(f"table-main-{F.dataset_key(dataset)}"), paper)]  # fmt: skip
+    for name in info.analyses:
+        if name not in REGISTRY:
+            raise ValueError(f"study {info.name}: analysis {name!r} unknown; valid: {', '.join(REGISTRY)}")
+        analysis = REGISTRY[name]
+        paper = info.paper if info.paper is not None else analysis.paper
+        if isinstance(analysis.paper, PaperValues):
+            paper = paper if isinstance(paper, PaperValues) else analysis.paper  # by dataset: Table 2's
+            frame = analysis.compute(table, paper, "")
+            parts += [f"<h3>{escape(analysis.title)}</h3>", analysis.draw(frame, paper, ids(analysis.element))]
+            continue
+        for dataset in _distinct(F.finished(table), F.DATASET) or ["?"]:
+            values = paper if isinstance(paper, PaperValues) else _by_dataset(paper, dataset, analysis.title)
+            frame = analysis.compute(table, values, dataset)
+            element = ids(f"{analysis.element}-{F.dataset_key(dataset)}")
+            parts += [f"<h3>{escape(analysis.title)}, {escape(dataset)}</h3>", analysis.draw(frame, values, element)]
     return parts
+
+
+def _by_dataset(paper: Mapping[str, PaperValues], dataset: str, title: str) -> PaperValues:
+    published = {F.dataset_key(k): v for k, v in paper.items()}
+    return published.get(F.dataset_key(dataset), PaperValues(f"{title} ({dataset})"))
 
 
 def _hpo(info: StudyInfo, ids: _Ids) -> list[str]:
@@ -230,20 +164,16 @@ def _hpo(info: StudyInfo, ids: _Ids) -> list[str]:
         views = hpo_views(info.optuna_storage or "", name)
     except (ImportError, KeyError) as e:  # optuna missing, or no such study in the storage
         views = HpoViews(name, notes=(f"hyper-parameter views unavailable: {e!r}",))
-    parts = [f"<h3>Hyper-parameter search: {_e(views.study)} ({views.complete_trials} complete trials)</h3>"]
-    parts += [f'<p class="note">{_e(n)}</p>' for n in views.notes]
-    return parts + [_figure(fig, ids(f"fig-hpo-{kind}"), _e(kind)) for kind, fig in views.figures.items()]
-
-
-SECTIONS = {"heads": _heads, "negatives": _negatives, "joint": _joint, "ablation": _ablation, "main": _main}
+    parts = [f"<h3>Hyper-parameter search: {escape(views.study)} ({views.complete_trials} complete trials)</h3>"]
+    parts += [f'<p class="note">{escape(n)}</p>' for n in views.notes]
+    return parts + [figure(fig, ids(f"fig-hpo-{kind}"), escape(kind)) for kind, fig in views.figures.items()]
 
 
 def _study_section(table: pd.DataFrame, info: StudyInfo, ids: _Ids) -> str:
     names = ", ".join(_distinct(table, "study") or [info.name])
-    parts = [f"<section><h2>Study: {_e(names)}</h2>", _provenance(table), _trials(table, info.expected_trials)]
+    parts = [f"<section><h2>Study: {escape(names)}</h2>", _provenance(table), _trials(table, info.expected_trials)]
     if status_counts(table)["finished"]:
-        for kind in F.analyses(table):
-            parts += SECTIONS[kind](table, info, ids)
+        parts += _analyses(table, info, ids)
     else:
         parts.append('<p class="note">No finished trials yet: nothing to plot.</p>')
     if info.optuna_storage:
@@ -258,7 +188,7 @@ def build_report(
 
     Each table (one per study) gets its provenance, trial counts with the failures' errors, a
     "partial: N of M trials finished" banner when trials are missing, and the figures and tables
-    its varying config supports, with the paper's values beside the reproduced ones. Raises
+    its study names (``StudyInfo.analyses``), with the paper's values beside the reproduced ones. Raises
     ``ValueError`` when no table has a finished trial. Intervals: the 95% Student-t CI over seeds.
     """
     if not any(len(t) and "status" in t.columns and (t["status"] == STATUSES["finished"]).any() for t in tables):
@@ -273,9 +203,9 @@ def build_report(
         sections.append(_study_section(table, infos.get(name, StudyInfo(name)), ids))
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     page = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-        f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body><h1>{_e(title)}</h1>"
-        f'<p class="note">Generated {generated}. Metrics are test-split percentages. {_e(CI_METHOD)}</p>'
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body><h1>{escape(title)}</h1>"
+        f'<p class="note">Generated {generated}. Metrics are test-split percentages. {escape(CI_METHOD)}</p>'
         f"{''.join(sections)}</body></html>"
     )
     write_atomic(out, page.encode("utf-8"))

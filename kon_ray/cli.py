@@ -145,22 +145,32 @@ def _study_status(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from analysis.report import StudyInfo, build_report
+    from kon_ray.paper import published_from_json
     from kon_ray.studies.folder import folder_of, read_spec
     from kon_ray.studies.table import study_table
 
     tables, infos = [], []
     for target in args.studies:
         folder = folder_of(target, args.storage)
-        name = read_spec(folder).study
+        spec = read_spec(folder)
         optuna_db = folder / "optuna.db"
         storage = f"sqlite:///{optuna_db}" if optuna_db.is_file() else None
         tables.append(study_table(folder))
-        infos.append(StudyInfo(name=name, optuna_storage=storage, optuna_study=name if storage else None))
+        infos.append(StudyInfo(
+            name=spec.study, analyses=spec.analyses, paper=published_from_json(spec.paper),
+            optuna_storage=storage, optuna_study=spec.study if storage else None,
+        ))  # fmt: skip
     out = Path(args.out or Path(args.storage) / f"report-{'-'.join(i.name for i in infos)}.html")
     try:
         print(f"report: {build_report(tables, out, infos).resolve()}")
     except ValueError as error:  # e.g. no finished trial yet
         raise ConfigError(f"study {', '.join(i.name for i in infos)}: {error}") from None
+
+
+def _config(args: argparse.Namespace) -> None:
+    from kon_ray.settings import settings_markdown, settings_text
+
+    print(settings_markdown() if args.markdown else settings_text(args.section), end="\n" if not args.markdown else "")
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -183,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-failures", type=int, default=1, help="worker-group restarts from the last checkpoint")
     train.add_argument("--no-ray", action="store_true", help="one worker in this process, for debugging")
     train.set_defaults(func=_train)
+
+    config = commands.add_parser("config", help="every setting with its type, default, help and the paper's value")
+    config.add_argument("section", nargs="?", help="a section (model, model.embedded, train, ...) or one key")
+    config.add_argument("--markdown", action="store_true", help="all settings as docs/configuration.md")
+    config.set_defaults(func=_config)
 
     data = commands.add_parser("data", help="inspect a KG").add_subparsers(dest="data_command", required=True)
     stats = data.add_parser("stats", help="counts, and entity names truncated at K for a tokenizer")

@@ -40,21 +40,23 @@ def _check_literals(obj: object) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "DB15K"
-    """'DB15K', 'MKG-W' (shipped) or the path of a folder with train/valid/test.tsv."""
-    prompt: Literal["compact", "instruction"] = "compact"
-    """'instruction': the published code's natural-language instruction (for chat LLMs);
-    'compact': 'head | relation | ?' markers, cheaper for the small embedded backbone."""
-    train_limit: int | None = None
-    """Use only the first N training triples (a KG slice for quick trials and tests)."""
-    valid_limit: int | None = 2000
-    """Validate on at most N valid triples per evaluation (both directions); None: all."""
-    valid_unseen: bool = True
-    """Validate only on valid triples that are not training triples (88% of DB15K's valid
-    triples are also in train: ranking them measures recall of training data, and selecting
-    the checkpoint on them picks the most memorised one). False: the split as given."""
-    test_limit: int | None = None
-    """Test on at most N test triples (both directions); None: all, as the paper does."""
+    dataset: str = field(default="DB15K", metadata={
+        "help": "'DB15K', 'MKG-W' (shipped) or the path of a folder with train/valid/test.tsv."})
+    prompt: Literal["compact", "instruction"] = field(default="compact", metadata={
+        "help": "'instruction': the published code's natural-language instruction (for chat LLMs); "
+                "'compact': 'head | relation | ?' markers, shorter for the small embedded backbone.",
+        "paper": "instruction"})
+    train_limit: int | None = field(default=None, metadata={
+        "help": "Use only the first N training triples (a KG slice for quick trials and tests); None: all."})
+    valid_limit: int | None = field(default=2000, metadata={
+        "help": "Validate on at most N valid triples per evaluation (both directions); None: all.",
+        "paper": None})
+    valid_unseen: bool = field(default=True, metadata={
+        "help": "Validate only on valid triples that are not also training triples, so that the checkpoint "
+                "is not selected on recall of training data; False: the valid split as given.",
+        "paper": False})
+    test_limit: int | None = field(default=None, metadata={
+        "help": "Test on at most N test triples (both directions); None: all, as the paper does."})
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -68,12 +70,14 @@ class DataConfig:
 class EmbeddedBackboneConfig:
     """The default backbone: a small Llama built from a config, never downloaded."""
 
-    hidden_size: int = 128
-    layers: int = 2
-    heads: int = 4
-    intermediate_size: int = 384
-    vocab_size: int = 4096
-    """Size of the BPE tokenizer trained offline on the KG's names and relation words."""
+    hidden_size: int = field(default=128, metadata={"help": "Hidden size of the embedded Llama."})
+    layers: int = field(default=2, metadata={"help": "Decoder layers of the embedded Llama."})
+    heads: int = field(default=4, metadata={
+        "help": "Attention heads of the embedded Llama; must divide hidden_size."})
+    intermediate_size: int = field(default=384, metadata={
+        "help": "Feed-forward width of the embedded Llama."})
+    vocab_size: int = field(default=4096, metadata={
+        "help": "Size of the BPE tokenizer trained offline on the KG's names and relation words."})
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "layers", "heads", "intermediate_size"):
@@ -87,43 +91,53 @@ class EmbeddedBackboneConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = EMBEDDED
-    """'embedded' or any Hugging Face causal-LM path or id (e.g. meta-llama/Llama-2-7b-chat-hf)."""
-    embedded: EmbeddedBackboneConfig = field(default_factory=EmbeddedBackboneConfig)
-    backbone_tuning: Literal["auto", "lora", "full"] = "auto"
-    """'lora' as the paper does; 'full' trains every weight; 'auto': LoRA for a pretrained
-    backbone, full for the randomly initialised embedded one (LoRA on random weights learns little)."""
-    dtype: Literal["auto", "float32", "bfloat16", "mixed"] = "auto"
-    """'bfloat16': bfloat16 weights (DeepSpeed bf16); 'mixed': float32 weights, training's forward
-    under bfloat16 autocast. 'auto': bfloat16 on CUDA; mixed on a CPU with native bfloat16
-    (AVX512-BF16 or AMX), where its matmuls run 2.5x faster; float32 on other CPUs."""
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = ("embed_tokens", "q_proj", "v_proj")
-    k: int = 8
-    """Number of K-ON heads: entity names are padded or truncated to K tokens (eq. 8)."""
-    head_init: Literal["zero", "default"] = "zero"
-    """Head-MLP init: 'zero' as the paper (eq. 5 residual); 'default' as the published code."""
-    conditional_attention: bool = True
-    """Table 3 'w/o Conditional Attention' when False."""
-    attention_heads: int = 8
-    attention_dropout: float = 0.3
-    residual: Literal["paper", "published"] = "paper"
-    """'paper': eq. 5, attention + h0; 'published': 0.2 attention + 0.5 h0 + 0.8 head MLP."""
-    shared_head_mlp: bool = False
-    """Table 3 'Shared Head MLP': one head MLP for all K steps."""
-    shared_score_layer: bool = False
-    """Table 3 'Shared Score Layer': one LoRA score layer for all K steps."""
-    score_lora_r: int = 8
-    score_lora_alpha: int = 16
-    score_lora_dropout: float = 0.3
-    score_space: Literal["probability", "logit"] = "probability"
-    """'probability': eq. 11 gathers softmax probabilities; 'logit': the published code's raw logits."""
-    joint: Literal["sum", "product"] = "sum"
-    """Table 4 operator combining the K token probabilities into the entity's (eq. 11)."""
-    joint_weights: Literal["learnable", "constant"] = "learnable"
-    """Table 4 step weights alpha_k: learnable parameters or constant."""
+    backbone: str = field(default=EMBEDDED, metadata={
+        "help": "'embedded' (a small Llama built from model.embedded, never downloaded) or any Hugging Face "
+                "causal-LM path or id (e.g. meta-llama/Llama-2-7b-chat-hf).",
+        "paper": "meta-llama/Llama-2-7b-chat-hf"})
+    embedded: EmbeddedBackboneConfig = field(default_factory=EmbeddedBackboneConfig, metadata={
+        "help": "The embedded backbone's dimensions (used when backbone='embedded')."})
+    backbone_tuning: Literal["auto", "lora", "full"] = field(default="auto", metadata={
+        "help": "'lora' as the paper does; 'full' trains every weight; 'auto': LoRA for a pretrained "
+                "backbone, full for the randomly initialised embedded one (LoRA on random weights learns "
+                "little).",
+        "paper": "lora"})
+    dtype: Literal["auto", "float32", "bfloat16", "mixed"] = field(default="auto", metadata={
+        "help": "'bfloat16': bfloat16 weights (DeepSpeed bf16); 'mixed': float32 weights, training's forward "
+                "under bfloat16 autocast; 'auto': bfloat16 on CUDA, mixed on a CPU with native bfloat16 "
+                "(AVX512-BF16 or AMX), float32 on other CPUs. Ranking stays float32."})
+    lora_r: int = field(default=8, metadata={"help": "Rank of the backbone's LoRA (backbone_tuning='lora')."})
+    lora_alpha: int = field(default=16, metadata={"help": "Scaling alpha of the backbone's LoRA."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout of the backbone's LoRA, in [0, 1)."})
+    lora_targets: tuple[str, ...] = field(default=("embed_tokens", "q_proj", "v_proj"), metadata={
+        "help": "Backbone modules that get LoRA adapters (comma-separated on the command line)."})
+    k: int = field(default=8, metadata={
+        "help": "Number of K-ON heads: entity names are padded or truncated to K tokens (eq. 8)."})
+    head_init: Literal["zero", "default"] = field(default="zero", metadata={
+        "help": "Head-MLP init: 'zero' as the paper (eq. 5 residual); 'default' as the published code."})
+    conditional_attention: bool = field(default=True, metadata={
+        "help": "The causal attention over the K head states (eq. 6); False is Table 3 "
+                "'w/o Conditional Attention'."})
+    attention_heads: int = field(default=8, metadata={"help": "Heads of the conditional attention layer."})
+    attention_dropout: float = field(default=0.3, metadata={
+        "help": "Dropout of the conditional attention, in [0, 1)."})
+    residual: Literal["paper", "published"] = field(default="paper", metadata={
+        "help": "'paper': eq. 5, attention + h0; 'published': 0.2 attention + 0.5 h0 + 0.8 head MLP."})
+    shared_head_mlp: bool = field(default=False, metadata={
+        "help": "One head MLP for all K steps (Table 3 'Shared Head MLP')."})
+    shared_score_layer: bool = field(default=False, metadata={
+        "help": "One LoRA score layer for all K steps (Table 3 'Shared Score Layer')."})
+    score_lora_r: int = field(default=8, metadata={"help": "Rank of each step's LoRA score layer (eq. 7)."})
+    score_lora_alpha: int = field(default=16, metadata={"help": "Scaling alpha of the LoRA score layers."})
+    score_lora_dropout: float = field(default=0.3, metadata={
+        "help": "Dropout of the LoRA score layers, in [0, 1)."})
+    score_space: Literal["probability", "logit"] = field(default="probability", metadata={
+        "help": "'probability': eq. 11 gathers softmax probabilities; 'logit': the published code's raw "
+                "logits."})
+    joint: Literal["sum", "product"] = field(default="sum", metadata={
+        "help": "Operator combining the K token probabilities into the entity's (eq. 11; Table 4)."})
+    joint_weights: Literal["learnable", "constant"] = field(default="learnable", metadata={
+        "help": "Step weights alpha_k of eq. 11: learnable parameters or constant (Table 4)."})
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -151,26 +165,27 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    contrastive: Literal["eq12", "bce_adversarial", "infonce"] = "eq12"
-    """'eq12': the paper's loss with a probability floor; 'bce_adversarial': the published
-    code's BCE with self-adversarial negative weights; 'infonce': softmax CE over the
-    positive and its negatives."""
-    negatives: int = 128
-    """|N|: negative entities per query, never a known true answer in training (strict)."""
-    floor: float = 1e-4
-    """eq. 12/13 are unbounded below as printed; each log p is taken as log(p + floor)."""
-    adversarial_temperature: float = 0.5
-    sft: Literal["eq13", "cross_entropy"] = "eq13"
-    """'eq13': the paper's SFT loss (with the floor); 'cross_entropy': standard SFT."""
-    kl_detach_target: bool = True
-    """eq. 14: treat the backbone head's distribution as a fixed target, as the published code."""
-    nce_weight: float = 1.0
-    """Weight of L_nce; 0 is Table 3 'w/o L_nce'."""
-    sft_weight: float = 0.1
-    """Weight of L_sft (eq. 13); 0 is Table 3 'w/o L_sft'. The paper does not state the HTT
-    weights; 0.1 is the published code's weight of L_sft + L_tdt."""
-    tdt_weight: float = 0.1
-    """Weight of L_tdt (eq. 14); 0 is Table 3 'w/o L_tdt'."""
+    contrastive: Literal["eq12", "bce_adversarial", "infonce"] = field(default="eq12", metadata={
+        "help": "'eq12': the paper's loss with a probability floor; 'bce_adversarial': the published code's "
+                "BCE with self-adversarial negative weights; 'infonce': softmax CE over the positive and its "
+                "negatives."})
+    negatives: int = field(default=128, metadata={
+        "help": "|N|: negative entities per query, never a known true answer in training (strict)."})
+    floor: float = field(default=1e-4, metadata={
+        "help": "eq. 12/13 are unbounded below as printed; each log p is taken as log(p + floor)."})
+    adversarial_temperature: float = field(default=0.5, metadata={
+        "help": "Temperature of the self-adversarial negative weights (contrastive='bce_adversarial')."})
+    sft: Literal["eq13", "cross_entropy"] = field(default="eq13", metadata={
+        "help": "'eq13': the paper's SFT loss (with the floor); 'cross_entropy': standard SFT."})
+    kl_detach_target: bool = field(default=True, metadata={
+        "help": "eq. 14: treat the backbone head's distribution as a fixed target, as the published code."})
+    nce_weight: float = field(default=1.0, metadata={
+        "help": "Weight of L_nce (eq. 12); 0 is Table 3 'w/o L_nce'."})
+    sft_weight: float = field(default=0.1, metadata={
+        "help": "Weight of L_sft (eq. 13); 0 is Table 3 'w/o L_sft'. The paper does not state the HTT "
+                "weights; 0.1 is the published code's weight of L_sft + L_tdt."})
+    tdt_weight: float = field(default=0.1, metadata={
+        "help": "Weight of L_tdt (eq. 14); 0 is Table 3 'w/o L_tdt'."})
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -190,42 +205,48 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float | None = None
-    """None: the paper's 1e-4 for a pretrained backbone; EMBEDDED_LR for the embedded one,
-    which is trained from random weights."""
-    epochs: float = 5.0
-    warmup_steps: int = 50
-    schedule: Literal["linear", "constant"] = "linear"
-    """After warm-up: 'linear' decays to 0 at the end of the step or time budget."""
-    micro_batch: int = 192
-    """Queries per device per forward pass; derived when batch_size is set. The paper's
-    12 per device x 8 accumulation is a GPU-memory setting (studies/paper.py uses it); on a CPU
-    larger micro-batches run faster: 48 x 2 took 12 x 8's 96 queries 2.3x as fast, 96 x 1 6-8%
-    faster still, and 192 x 1 7-11% less time per query than 96 x 1 in mixed precision."""
-    batch_size: int | None = None
-    """Global queries per optimiser step; when set, micro_batch = batch_size / (workers x grad_accum)."""
-    grad_accum: int = 1
-    """Micro-batches per optimiser step and worker (the paper: 8)."""
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
-    max_minutes: float | None = None
-    """Stop training after this many minutes (then evaluate); None: run all epochs."""
-    max_steps: int | None = None
-    """Stop after this many optimiser steps; None: run all epochs."""
-    evals_per_epoch: int = 1
-    seed: int = 0
-    threads: int | None = None
-    """torch CPU threads per process; None: torch's default."""
-    workers: int = 1
-    """Data-parallel Ray Train workers, each running DeepSpeed."""
-    gpus_per_worker: float = 0.0
-    """0: CPU workers (gloo, fp32); >= 1: CUDA workers (nccl, bf16)."""
-    cpus_per_worker: float | None = None
-    """None: the cluster's CPUs shared out over CPU workers, 1 per GPU worker."""
-    zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3."""
-    deepspeed_config: str | None = None
-    """Path of a DeepSpeed JSON to use instead of the one built from these settings."""
+    lr: float | None = field(default=None, metadata={
+        "help": "AdamW learning rate; None: the paper's 1e-4 for a pretrained backbone, 1e-3 for the "
+                "embedded one, which is trained from random weights.",
+        "paper": 1e-4})
+    epochs: float = field(default=5.0, metadata={
+        "help": "Passes over the training queries (both directions)."})
+    warmup_steps: int = field(default=50, metadata={
+        "help": "Optimiser steps of linear learning-rate warm-up."})
+    schedule: Literal["linear", "constant"] = field(default="linear", metadata={
+        "help": "After warm-up: 'linear' decays to 0 at the end of the step or time budget; 'constant' "
+                "keeps it."})
+    micro_batch: int = field(default=192, metadata={
+        "help": "Queries per device per forward pass; derived when batch_size is set. The paper's 12 is a "
+                "GPU-memory setting (studies/paper.py uses it).",
+        "paper": 12})
+    batch_size: int | None = field(default=None, metadata={
+        "help": "Global queries per optimiser step; when set, micro_batch = batch_size / (workers x "
+                "grad_accum)."})
+    grad_accum: int = field(default=1, metadata={
+        "help": "Micro-batches per optimiser step and worker.", "paper": 8})
+    grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clipping; 0: off."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "Stop training after this many minutes (then evaluate); None: run all epochs."})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "Stop after this many optimiser steps; None: run all epochs."})
+    evals_per_epoch: int = field(default=1, metadata={
+        "help": "Validations (each leaving a checkpoint) per epoch; the best on valid MRR is tested."})
+    seed: int = field(default=0, metadata={
+        "help": "Seed of initialisation, shuffling and negative sampling (>= 0)."})
+    threads: int | None = field(default=None, metadata={
+        "help": "torch CPU threads per process; None: torch's default."})
+    workers: int = field(default=1, metadata={
+        "help": "Data-parallel Ray Train workers, each running DeepSpeed.", "paper": 8})
+    gpus_per_worker: float = field(default=0.0, metadata={
+        "help": "0: CPU workers (gloo); >= 1: CUDA workers (nccl).", "paper": 1})
+    cpus_per_worker: float | None = field(default=None, metadata={
+        "help": "CPUs each worker reserves; None: the cluster's CPUs shared out over CPU workers, 1 per GPU "
+                "worker."})
+    zero_stage: int = field(default=0, metadata={"help": "DeepSpeed ZeRO stage 0-3."})
+    deepspeed_config: str | None = field(default=None, metadata={
+        "help": "Path of a DeepSpeed JSON to use instead of the one built from these settings."})
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -271,10 +292,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    ties: Literal["realistic", "optimistic", "pessimistic"] = "realistic"
-    """Rank reported as the headline metric; all three are always computed."""
-    query_chunk: int = 256
-    """Queries scored against all entities at once: bounds memory to chunk x entities."""
+    ties: Literal["realistic", "optimistic", "pessimistic"] = field(default="realistic", metadata={
+        "help": "Tie handling of the headline rank; all three are always computed."})
+    query_chunk: int = field(default=256, metadata={
+        "help": "Queries scored against all entities at once: bounds memory to chunk x entities."})
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -283,11 +304,12 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "The KG and its splits."})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "The backbone and the K-ON head."})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "The HTT losses (Algorithm 1)."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation and workers."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Filtered ranking."})
 
     def __post_init__(self) -> None:
         space = self.model.score_space

@@ -55,8 +55,8 @@ def nest(pairs: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def set_fields(obj: Any, changes: Mapping[str, Any], prefix: str = "", scope: str = "at the top level") -> Any:
-    """``obj`` (a dataclass) with nested ``changes`` coerced and applied, each dataclass rebuilt once.
+def set_fields(obj: Any, edits: Mapping[str, Any], prefix: str = "", scope: str = "at the top level") -> Any:
+    """``obj`` (a dataclass) with nested ``edits`` coerced and applied, each dataclass rebuilt once.
 
     ``prefix`` is ``obj``'s dotted position (for messages); ``scope`` says where an unknown top-level
     key was looked for.
@@ -64,7 +64,7 @@ def set_fields(obj: Any, changes: Mapping[str, Any], prefix: str = "", scope: st
     names = [f.name for f in dataclasses.fields(obj)]
     hints = typing.get_type_hints(type(obj))
     values: dict[str, Any] = {}
-    for name, change in changes.items():
+    for name, change in edits.items():
         key = f"{prefix}{name}"
         if name not in names:
             where = f"in '{prefix.rstrip('.')}'" if prefix else scope

@@ -9,8 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 METRICS: tuple[str, ...] = ("mrr", "hits@1", "hits@3", "hits@10")
+ANALYSES: tuple[str, ...] = (
+    "main_table", "ablation_table", "joint_probability_table", "heads_curve", "negatives_curve",
+)  # fmt: skip
+"""The report's figures and tables by name, as a ``Study`` names them; ``analysis.registry`` declares each."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,31 @@ class PaperValues:
     def has_values(self) -> bool:
         return bool(self.rows)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "rows": {k: dict(v) for k, v in self.rows.items()}, "note": self.note,
+                "modality": dict(self.modality)}  # fmt: skip
+
     @classmethod
     def of(cls, value: PaperValues | Mapping[str, Mapping[str, float | None]], source: str = "paper") -> PaperValues:
         """Accept a ``PaperValues`` or the plain mapping a study object carries."""
         return value if isinstance(value, PaperValues) else cls(source=source, rows=value)
+
+
+Published = PaperValues | Mapping[str, PaperValues]
+"""A study's paper values: one table or figure, or Table 2's by dataset."""
+
+
+def published_to_json(paper: Published | None) -> dict[str, Any] | None:
+    if paper is None or isinstance(paper, PaperValues):
+        return None if paper is None else paper.to_json()
+    return {"by_dataset": {name: values.to_json() for name, values in paper.items()}}
+
+
+def published_from_json(values: dict[str, Any] | None) -> Published | None:
+    """The inverse of :func:`published_to_json` (a study folder's ``study.json``)."""
+    if values is None or "by_dataset" not in values:
+        return None if values is None else PaperValues(**values)
+    return MappingProxyType({name: PaperValues(**v) for name, v in values["by_dataset"].items()})
 
 
 def _rows(*lines: tuple[str, float | None, float | None, float | None, float | None]) -> dict[str, dict[str, float | None]]:
@@ -124,8 +150,3 @@ FIGURE4 = PaperValues(
     note="No published values (the figure is an image). The paper states that all its metric curves first rise "
     "rapidly, then decline steadily, then plateau as |N| grows, that cost stays stable, and chooses |N| = 128.",
 )
-
-PUBLISHED: Mapping[str, PaperValues] = MappingProxyType(
-    {"table2/DB15K": TABLE2["DB15K"], "table2/MKG-W": TABLE2["MKG-W"], "table3": TABLE3, "table4": TABLE4,
-     "figure3": FIGURE3, "figure4": FIGURE4}
-)  # fmt: skip

@@ -14,5 +14,6 @@ study = Study(
         "Shared Head MLP": {"model.shared_head_mlp": True},
         "Shared Score Layer": {"model.shared_score_layer": True},
     },
+    analyses=("ablation_table",),
     paper=TABLE3,
 )

@@ -1,5 +1,6 @@
 """Optuna TPE over K, |N|, the LoRA ranks, the loss weights and the learning rate; ASHA stops
-poor trials after their first validations. Open ``runs/studies/hpo/optuna.db`` in optuna-dashboard."""
+poor trials after their first validations. Open ``runs/studies/hpo/optuna.db`` in optuna-dashboard.
+Its report shows the search (history, importances); no paper figure, as its trials differ in everything."""
 
 from kon_ray.studies import Choice, FloatRange, IntRange, Study
 

@@ -7,5 +7,6 @@ from kon_ray.studies import Study
 study = Study(
     name="joint_probability",
     grid={"model.joint": ["sum", "product"], "model.joint_weights": ["learnable", "constant"]},
+    analyses=("joint_probability_table",),
     paper=TABLE4,
 )

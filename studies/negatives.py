@@ -6,5 +6,6 @@ from kon_ray.studies import Study
 study = Study(
     name="negatives",
     grid={"loss.negatives": [1, 4, 16, 64, 128, 256, 1024, 2048, 4096]},
+    analyses=("negatives_curve",),
     paper=FIGURE4,
 )

@@ -14,4 +14,5 @@ study = Study(
     },
     grid={"model.k": [2, 8]},
     max_concurrent_trials=2,
+    analyses=("heads_curve",),
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-
 import math
 import re
 from pathlib import Path
@@ -13,10 +12,15 @@ import pytest
 
 from analysis import figures as F
 from analysis.hpo import hpo_views
-from kon_ray.paper import FIGURE3, FIGURE4, METRICS, TABLE2, TABLE3, TABLE4, PaperValues
 from analysis.plots import export_images, heads_figure, negatives_figure
+from analysis.registry import REGISTRY
 from analysis.report import StudyInfo, build_report, partial_banner, status_counts
 from analysis.stats import summarize, t_quantile
+from kon_ray.config import ConfigError
+from kon_ray.paper import ANALYSES, FIGURE3, FIGURE4, METRICS, TABLE2, TABLE3, TABLE4, PaperValues
+from kon_ray.studies import Study, load_study
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # t(0.975, df) from statistical tables (scipy.stats.t.ppf(0.975, df)).
 T975 = {1: 12.706204736174707, 2: 4.302652729749464, 3: 3.182446305284263, 4: 2.7764451051977934,
@@ -164,19 +168,43 @@ def test_no_finished_trials_is_an_error(heads_table: pd.DataFrame, tmp_path: Pat
     assert not (tmp_path / "r.html").exists()
 
 
-def test_analyses_follow_varying_config(heads_table: pd.DataFrame) -> None:
-    assert F.analyses(heads_table) == ("heads",)
-    joint = pd.DataFrame([trial(0, model__joint="sum", model__joint_weights="learnable"),
-                          trial(1, model__joint="sum", model__joint_weights="constant")])  # fmt: skip
-    assert F.analyses(joint) == ("joint",)
-    assert F.analyses(pd.DataFrame([trial(0, 0), trial(1, 1)])) == ("main",)
+def test_registry_declares_every_analysis_a_study_can_name() -> None:
+    assert tuple(REGISTRY) == ANALYSES
+    for name, analysis in REGISTRY.items():
+        assert analysis.name == name and callable(analysis.compute) and callable(analysis.draw)
+        assert isinstance(analysis.paper, PaperValues) or all(isinstance(v, PaperValues) for v in analysis.paper.values())
+
+
+def test_report_draws_only_what_the_study_names(heads_table: pd.DataFrame, tmp_path: Path) -> None:
+    """The report guesses nothing from the varied columns: K varies here, but no analysis is named."""
+    page = build_report([heads_table], tmp_path / "r.html", [StudyInfo("s")]).read_text()
+    assert "<figure" not in page and "<h3>" not in page
+    negatives = pd.DataFrame([trial(i, i, loss__negatives=n) for i, n in enumerate([16, 128])])
+    page = build_report([negatives], tmp_path / "r.html", [StudyInfo("s", analyses=("negatives_curve",))]).read_text()
+    assert 'id="fig-negatives"' in page and 'id="fig-heads"' not in page
+
+
+def test_a_studys_paper_values_reach_its_report(tmp_path: Path) -> None:
+    ablation = pd.DataFrame([trial(i, i, mrr=0.37, variant="full") for i in range(2)])
+    mine = PaperValues("My Table", rows={"full": {"mrr": 12.34}})
+    page = build_report([ablation], tmp_path / "r.html", [StudyInfo("s", ("ablation_table",), mine)]).read_text()
+    assert ">12.34<" in page and "My Table" in page and ">38.10<" not in page
+    by_dataset = {"DB15K": mine}
+    page = build_report([ablation], tmp_path / "r.html", [StudyInfo("s", ("main_table",), by_dataset)]).read_text()
+    assert 'id="table-main-db15k"' in page and ">12.34<" in page
+
+
+def test_unknown_analysis_is_refused_when_the_study_loads() -> None:
+    with pytest.raises(ConfigError, match="analyses: 'heads' is not an analysis; valid: main_table, "):
+        Study(name="x", analyses=("heads",))
+    assert load_study(ROOT / "studies" / "hpo.py").analyses == ()  # Fig. 3/4 from confounded trials: none
 
 
 def test_report_partial(heads_table: pd.DataFrame, tmp_path: Path) -> None:
     counts = status_counts(heads_table)
     assert counts == {"finished": 10, "failed": 1, "pruned": 1, "running": 1, "pending": 0}
     assert partial_banner(10, 13) == "partial: 10 of 13 trials finished" and partial_banner(3, 3) is None
-    out = build_report([heads_table], tmp_path / "sub" / "report.html", [StudyInfo("s", expected_trials=15)])
+    out = build_report([heads_table], tmp_path / "sub" / "report.html", [StudyInfo("s", ("heads_curve",), expected_trials=15)])
     page = out.read_text()
     assert "partial: 10 of 15 trials finished" in page
     assert "CUDA out of memory" in page and "8xA100" in page and "abc123 (clean)" in page and "torch 2.4.1" in page
@@ -190,7 +218,8 @@ def test_report_partial(heads_table: pd.DataFrame, tmp_path: Path) -> None:
 def test_report_tables(tmp_path: Path) -> None:
     ablation = pd.DataFrame([trial(i, i % 2, mrr=0.37, variant=v) for i, v in enumerate(["full", "full", "w/o L_tdt"])])
     main = pd.DataFrame([trial(0, 0, mrr=0.38) | {"study": "main"}, trial(1, 1, mrr=0.38) | {"study": "main"}])
-    page = build_report([ablation, main], tmp_path / "r.html").read_text()
+    infos = [StudyInfo("s", ("ablation_table",)), StudyInfo("main", ("main_table",))]
+    page = build_report([ablation, main], tmp_path / "r.html", infos).read_text()
     assert 'id="table-ablation"' in page and 'id="table-main-db15k"' in page
     assert 'id="partial"' not in page
     assert ">38.10<" in page and ">37.00 ± 0.00<" in page and ">-1.10<" in page  # full: paper, reproduced, difference

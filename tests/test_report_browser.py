@@ -93,7 +93,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     main = [trial(i, i, mrr=0.38) | {"study": "main"} for i in range(3)]
     storage = _optuna_study(folder, 4)
     tables = [pd.DataFrame(rows) for rows in (heads, negatives, joint, ablation, main)]
-    infos = [StudyInfo("s", expected_trials=12), StudyInfo("main", optuna_storage=storage, optuna_study="quad")]
+    infos = [StudyInfo("s", ("heads_curve",), expected_trials=12), StudyInfo("negatives", ("negatives_curve",)),
+             StudyInfo("joint", ("joint_probability_table",)), StudyInfo("ablation", ("ablation_table",)),
+             StudyInfo("main", ("main_table",), optuna_storage=storage, optuna_study="quad")]  # fmt: skip
     return build_report(tables, folder / "report.html", infos)
 
 

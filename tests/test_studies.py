@@ -218,9 +218,10 @@ def tune_saved(folder: Path) -> dict[str, str]:
 def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(tiny_kg: Path, tmp_path: Path) -> None:
     """Two trials at once; kill the driver (and its local Ray) the moment a trial's run has written
     its final result, before Tune saved that. The trial counts as finished from that record, and
-    --resume reports it without starting its Ray Train run again, keeping its real times."""
+    --resume reports it without training it again, keeping its real times."""
     grid = '{"model.k": [2, 4]}'
-    body = f'study = Study(name="killed", base={tiny_base(tiny_kg)!r}, grid={grid}, max_concurrent_trials=2)'
+    body = f'study = Study(name="killed", base={tiny_base(tiny_kg)!r}, grid={grid}, max_concurrent_trials=2, '
+    body += 'analyses=("heads_curve",))'
     path, storage = write_study(tmp_path, "killed", body), tmp_path / "runs"
     folder = storage / "killed"
     driver = subprocess.Popen([*cli("study", "run", str(path), "--storage", str(storage))], start_new_session=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kon_ray.cli import main
+from kon_ray.paper import PaperValues, published_to_json
 from kon_ray.studies.folder import SPEC_FILE, TrialSpec, read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +24,8 @@ def _trainable(config: dict) -> None:
     if config["model.k"] == 4 and config["seed"] == 1:
         raise RuntimeError("boom: a failing trial")
     tune.report({"valid.mrr": 0.1 * config["model.k"]})
-    tune.report({"valid.mrr": 0.2 * config["model.k"], "test.mrr": 0.3, "final": 1, "train_time_s": 3.0})
+    cost = {"trainable_params": 10 * config["model.k"], "step_time_s": 0.1, "train_time_s": 3.0}
+    tune.report({"valid.mrr": 0.2 * config["model.k"], "test.mrr": 0.3, "final": 1, **cost})
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,10 @@ def tune_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         ray.shutdown()
     folder = storage / "s"
-    spec = TrialSpec("s", {}, {}, {}, ("model.k",), "valid.mrr", "max", 4, str(folder / "train"))
+    paper = published_to_json(PaperValues("Figure 3", note="the study's own note"))
+    spec = TrialSpec(
+        "s", {}, {}, {}, ("model.k",), "valid.mrr", "max", 4, str(folder / "train"), analyses=("heads_curve",), paper=paper
+    )
     (folder / SPEC_FILE).write_text(json.dumps(spec.to_json()))
     return folder
 
@@ -60,7 +66,8 @@ def test_saved_trials_match_rays_reader(tune_folder: Path) -> None:
         saved = ours[trial_id]
         assert (saved.status, dict(saved.config)) == (trial.status, trial.config)
         assert saved.num_failures == trial.run_metadata.num_failures == (saved.status == "ERROR")
-        assert {"trial_id": trial_id, **saved.last_result} == trial.last_result  # Ray adds the id to an empty one
+        # Ray adds the id to an empty result
+        assert {"trial_id": trial_id, **saved.last_result} == trial.last_result
         assert dict(saved.metric_analysis) == trial.metric_analysis
         assert saved.path == Path(trial.path)
     assert sorted(t.status for t in ours.values()) == ["ERROR", "TERMINATED", "TERMINATED", "TERMINATED"]
@@ -80,3 +87,10 @@ def test_reading_a_study_loads_no_heavy_library(tune_folder: Path, tmp_path: Pat
         assert "failed: trial" in run.stdout and "RuntimeError: boom" in run.stdout
     else:
         assert (tmp_path / "s.parquet").is_file() and (tmp_path / "s.csv").is_file()
+
+
+def test_report_draws_what_the_study_saved(tune_folder: Path, tmp_path: Path) -> None:
+    """study.json carries the study's analyses and paper values to ``kon-ray report``."""
+    main(["report", str(tune_folder), "--out", str(tmp_path / "r.html")])
+    page = (tmp_path / "r.html").read_text()
+    assert 'id="fig-heads"' in page and "the study&#x27;s own note" in page and 'id="table-' not in page

@@ -40,6 +40,10 @@ class TrialSpec:
     """Trials the study runs: its grid x variants x seeds, or its Optuna sample budget."""
     train_storage: str
     """Folder of the trials' Ray Train runs (``train-<trial_id>``)."""
+    analyses: tuple[str, ...] = ()
+    """The report's figures and tables the study names."""
+    paper: Mapping[str, Any] | None = None
+    """The study's published values, as ``kon_ray.paper.published_to_json`` writes them."""
     definition: Mapping[str, Any] = field(default_factory=dict)
     """What the study file said when the study ran (``definition``); ``--resume`` compares it."""
 
@@ -47,7 +51,7 @@ class TrialSpec:
         return apply_overrides(RunConfig(), trial_overrides(self.base, self.variants, params, self.extra))
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "varied": list(self.varied)}
+        return {**dataclasses.asdict(self), "varied": list(self.varied), "analyses": list(self.analyses)}
 
 
 def experiment_dir(study: Study, storage: str | Path) -> Path:
@@ -60,7 +64,8 @@ def read_spec(folder: Path) -> TrialSpec:
         raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
     try:
         values = {k: v for k, v in json.loads(path.read_text()).items() if k != "loop_extra"}  # older records
-        return TrialSpec(**{**values, "varied": tuple(values["varied"])})
+        tuples = {name: tuple(values.get(name, ())) for name in ("varied", "analyses")}
+        return TrialSpec(**{**values, **tuples})
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}:{error.lineno}: corrupt study record ({error.msg})") from None
     except (KeyError, TypeError) as error:

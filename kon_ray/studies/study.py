@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kon_ray.paper import PaperValues
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
 from kon_ray.overrides import check as _check
+from kon_ray.paper import ANALYSES, PaperValues, Published
 
 SCHEDULERS = ("asha",)
 RANKING = ("mrr", "hits@1", "hits@3", "hits@10")
@@ -112,8 +112,12 @@ class Study:
     """'asha' stops poor trials early on their validation reports; None: run every trial to the end."""
     max_retries: int = 1
     """Restarts of a failed trial (from its latest checkpoint) before it is recorded as an error."""
-    paper: PaperValues | None = None
-    """The paper's published numbers for this study (kon_ray.paper), or None."""
+    analyses: tuple[str, ...] = ()
+    """The report's figures and tables for this study, by name (``kon_ray.paper.ANALYSES``), e.g.
+    ("heads_curve",); the report draws only these."""
+    paper: Published | None = None
+    """The paper's published numbers for this study (from kon_ray.paper; by dataset for Table 2), shown
+    beside the reproduced ones instead of each analysis's own; None: the analyses' own."""
 
     def __post_init__(self) -> None:
         for name in ("base", "grid", "variants", "space"):
@@ -121,6 +125,7 @@ class Study:
             if value is not None:
                 object.__setattr__(self, name, dict(value))
         object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "analyses", tuple(self.analyses))
         _check(
             isinstance(self.name, str) and PLAIN_NAME.fullmatch(self.name) is not None,
             f"name={self.name!r}: must be a plain name: letters, digits, '_', '-' and '.', not first",
@@ -175,7 +180,13 @@ class Study:
             f"scheduler={self.scheduler!r}: must be one of {SCHEDULERS} or None",
         )
         _check(self.max_retries >= 0, f"max_retries={self.max_retries}: must be >= 0")
-        _check(self.paper is None or isinstance(self.paper, PaperValues), "paper: must be a kon_ray.paper value or None")
+        for name in self.analyses:
+            _check(name in ANALYSES, f"analyses: {name!r} is not an analysis; valid: {', '.join(ANALYSES)}")
+        by_dataset = isinstance(self.paper, Mapping) and all(isinstance(v, PaperValues) for v in self.paper.values())
+        _check(
+            self.paper is None or isinstance(self.paper, PaperValues) or by_dataset,
+            "paper: must be a kon_ray.paper value (e.g. TABLE3), a mapping of them by dataset (TABLE2), or None",
+        )
 
     @property
     def varied(self) -> tuple[str, ...]:

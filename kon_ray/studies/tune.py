@@ -32,6 +32,7 @@ from kon_ray.distributed import (
     worker_resources,
     worker_slots,
 )
+from kon_ray.paper import published_to_json
 from kon_ray.results import now, write_atomic, write_json
 from kon_ray.studies.folder import (
     SPEC_FILE,
@@ -122,6 +123,8 @@ def trial_spec(study: Study, folder: Path, extra: Mapping[str, Any]) -> TrialSpe
         mode=study.mode,
         trials=trial_count(study),
         train_storage=str(folder / "train"),
+        analyses=study.analyses,
+        paper=published_to_json(study.paper),
         definition=definition(study),
     )
 
