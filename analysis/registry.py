@@ -1,4 +1,4 @@
-"""Each figure and table of the report, declared once: name, what computes it, how it draws, the paper's values.
+"""Each figure and table of the report, declared once: name, what computes it, how it draws, paper values.
 
 A study names the analyses it wants (``Study(analyses=("heads_curve",))``); the names are checked
 against ``kon_ray.paper.ANALYSES`` when the study loads, and a test keeps that list equal to

@@ -143,13 +143,15 @@ def _analyses(table: pd.DataFrame, info: StudyInfo, ids: _Ids) -> list[str]:
         if isinstance(analysis.paper, PaperValues):
             paper = paper if isinstance(paper, PaperValues) else analysis.paper  # by dataset: Table 2's
             frame = analysis.compute(table, paper, "")
-            parts += [f"<h3>{escape(analysis.title)}</h3>", analysis.draw(frame, paper, ids(analysis.element))]
+            heading = f"<h3>{escape(analysis.title)}</h3>"
+            parts += [heading, analysis.draw(frame, paper, ids(analysis.element))]
             continue
         for dataset in _distinct(F.finished(table), F.DATASET) or ["?"]:
             values = paper if isinstance(paper, PaperValues) else _by_dataset(paper, dataset, analysis.title)
             frame = analysis.compute(table, values, dataset)
             element = ids(f"{analysis.element}-{F.dataset_key(dataset)}")
-            parts += [f"<h3>{escape(analysis.title)}, {escape(dataset)}</h3>", analysis.draw(frame, values, element)]
+            heading = f"<h3>{escape(analysis.title)}, {escape(dataset)}</h3>"
+            parts += [heading, analysis.draw(frame, values, element)]
     return parts
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kon_ray import console
 from kon_ray.config import ConfigError, RunConfig, apply_overrides
 
 if TYPE_CHECKING:
@@ -24,9 +25,10 @@ log = logging.getLogger("kon_ray")
 def _train(args: argparse.Namespace) -> None:
     config = apply_overrides(RunConfig(), args.overrides)
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.no_ray and config.train.workers != 1:
+        raise ConfigError(f"train.workers={config.train.workers}: --no-ray runs exactly one worker")
+    console.open_log(out)
     if args.no_ray:
-        if config.train.workers != 1:
-            raise ConfigError(f"train.workers={config.train.workers}: --no-ray runs exactly one worker")
         from kon_ray.training import run
 
         metrics = run(config, out)
@@ -34,6 +36,8 @@ def _train(args: argparse.Namespace) -> None:
         from kon_ray.distributed import launch
 
         metrics = launch(config, out, args.address, args.storage, max_failures=args.max_failures)
+    from kon_ray.training.monitor import TENSORBOARD_DIR
+
     print(
         f"test MRR {metrics['test.mrr']:.4f}  Hits@1 {metrics['test.hits@1']:.4f}  "
         f"Hits@3 {metrics['test.hits@3']:.4f}  Hits@10 {metrics['test.hits@10']:.4f}  "
@@ -41,6 +45,7 @@ def _train(args: argparse.Namespace) -> None:
         f"{metrics['train_time_s'] / 60:.1f} min training, {metrics['wall_time_s'] / 60:.1f} min in all)"
     )
     print(f"results: {out / 'metrics.json'}")
+    print(f"TensorBoard: tensorboard --logdir {out / TENSORBOARD_DIR}")
 
 
 def _encoded_kg(args: argparse.Namespace) -> tuple[RunConfig, KnowledgeGraph, PreTrainedTokenizerBase, EncodedKG]:
@@ -118,11 +123,13 @@ def _study_run(args: argparse.Namespace) -> None:
     from kon_ray.studies.tune import run_study
 
     study = load_study(args.study)
+    folder = experiment_dir(study, args.storage)
+    console.open_log(folder)
     overrides = parse_overrides(args.overrides)
     table = run_study(study, args.study, overrides, args.storage, args.address, args.resume, force=args.force)
-    folder = experiment_dir(study, args.storage)
     print(status_text(table, read_spec(folder)))
     print(f"results: {folder / study.name}.parquet")
+    print(f"TensorBoard: tensorboard --logdir {folder}")
 
 
 def _study_export(args: argparse.Namespace) -> None:
@@ -170,7 +177,7 @@ def _report(args: argparse.Namespace) -> None:
 def _config(args: argparse.Namespace) -> None:
     from kon_ray.settings import settings_markdown, settings_text
 
-    print(settings_markdown() if args.markdown else settings_text(args.section), end="\n" if not args.markdown else "")
+    sys.stdout.write(settings_markdown() if args.markdown else settings_text(args.section) + "\n")
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -182,7 +189,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kon-ray", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="everything on the terminal: debug lines, Ray's output")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train K-ON and evaluate it (filtered ranking)")
@@ -248,16 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    console.setup(args.verbose)
     try:
         args.func(args)
     except _user_errors() as error:
         print(f"kon-ray: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        console.close_log()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from kon_ray import checkpoint
+from kon_ray import checkpoint, console
 from kon_ray.checkpoint import LoopState
 from kon_ray.config import ConfigError, RunConfig
 from kon_ray.results import now
@@ -48,12 +48,14 @@ def start_ray(address: str | None, **local: Any) -> None:
 
     if ray.is_initialized():
         return
+    console.capture_ray_logging()
     if address is None:
         ray.init(_node_ip_address="127.0.0.1", runtime_env=local_runtime_env(), **local)
     elif address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):  # e.g. a ray.cluster_utils.Cluster
         ray.init(address=address, runtime_env=local_runtime_env())
     else:
         ray.init(address=address)
+    console.capture_ray_output()
 
 
 def local_runtime_env() -> dict[str, Any]:
@@ -305,8 +307,12 @@ def launch(
     nodes = cluster_nodes()
     config = resolve_cpus(config, nodes)
     check_resources(config, total_resources(nodes), nodes)
-    trainer = build_trainer(config, name or out.name, storage or str((out / "ray").resolve()), max_failures)
-    result = trainer.fit()
+    from kon_ray.train_reports import reports_to
+    from kon_ray.training.monitor import Monitor
+
+    storage = storage or str((out / "ray").resolve())
+    with Monitor(out, bar=True) as monitor, reports_to(monitor.record) as reports:
+        result = build_trainer(config, name or out.name, storage, max_failures, [reports]).fit()
     if result.error is not None:
         raise result.error
     out.mkdir(parents=True, exist_ok=True)

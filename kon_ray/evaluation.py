@@ -10,7 +10,6 @@ realistic (their mean, the expected rank under a random order of tied entities).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 import torch
+
+from kon_ray.results import atomic_file
 
 if TYPE_CHECKING:
     from kon_ray.data.queries import AnswerIndex, Queries
@@ -133,14 +134,6 @@ def metrics_from_table(table: pd.DataFrame, ties: Ties = "realistic") -> dict[st
 
 
 def write_rank_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write ``table`` as parquet atomically: a temp file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        table.to_parquet(temp, index=False)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    """Write ``table`` as parquet atomically (``results.atomic_file``)."""
+    with atomic_file(Path(path)) as tmp:
+        table.to_parquet(tmp, index=False)

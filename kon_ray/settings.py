@@ -47,7 +47,8 @@ def _walk(obj: Any, prefix: str) -> Iterator[Setting]:
         if dataclasses.is_dataclass(value):
             yield from _walk(value, f"{prefix}{f.name}.")
         else:
-            yield Setting(f"{prefix}{f.name}", str(f.type), value, f.metadata["help"], f.metadata.get("paper", NO_PAPER))
+            paper = f.metadata.get("paper", NO_PAPER)
+            yield Setting(f"{prefix}{f.name}", str(f.type), value, f.metadata["help"], paper)
 
 
 def as_override(value: Any) -> str:
@@ -62,7 +63,7 @@ def as_override(value: Any) -> str:
 
 
 def settings_text(section: str | None = None) -> str:
-    """What ``kon-ray config [SECTION]`` prints: per setting, ``key: type = default``, its help, the paper's value."""
+    """What ``kon-ray config [SECTION]`` prints: ``key: type = default``, its help, the paper's value."""
     lines = []
     for s in settings(section):
         lines.append(f"{s.key}: {s.type} = {as_override(s.default)}")
@@ -77,18 +78,19 @@ def settings_markdown() -> str:
     parts = [
         "# Configuration",
         "",
-        "Every setting of a run, as `key=value` overrides take it (`kon-ray train model.k=4`, a study's `base`,",
-        "a benchmark's dotted keys). Generated from the field metadata in `kon_ray/config.py` by",
-        "`python -m kon_ray.cli config --markdown > docs/configuration.md`; `kon-ray config [SECTION]` prints",
-        "the same. *Paper* is the paper's value where the default differs; why it differs, with the",
-        "measurements behind it, is in [defaults.md](defaults.md).",
+        "Every setting of a run, as `key=value` overrides take it (`kon-ray train model.k=4`, a study's",
+        "`base`, a benchmark's dotted keys). Generated from the field metadata in `kon_ray/config.py` by",
+        "`python -m kon_ray.cli config --markdown > docs/configuration.md`; `kon-ray config [SECTION]`",
+        "prints the same. *Paper* is the paper's value where the default differs; why it differs, with",
+        "the evidence behind it, is in [defaults.md](defaults.md).",
     ]
     section = None
     for s in settings():
         here = s.key.rsplit(".", 1)[0]
         if here != section:
             section = here
-            parts += ["", f"## `{section}`", "", "| key | type | default | paper | meaning |", "|---|---|---|---|---|"]
+            parts += ["", f"## `{section}`", "", "| key | type | default | paper | meaning |"]
+            parts.append("|---|---|---|---|---|")
         paper = "" if s.paper is NO_PAPER else f"`{as_override(s.paper)}`"
         cells = [f"`{s.key}`", f"`{s.type}`", f"`{as_override(s.default)}`", paper, s.help]
         parts.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -98,3 +99,20 @@ def tiny_config(dataset: Path, *overrides: str) -> RunConfig:
             *overrides,
         ],
     )
+
+
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard scalars of the event files in ``folder``, tag -> [(step, value)], read back from
+    their TFRecord framing (length, its CRC, an ``Event`` proto, its CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (length,) = struct.unpack("<Q", data[i : i + 8])
+            event = Event.FromString(data[i + 12 : i + 12 + length])
+            i += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +19,9 @@ from analysis.registry import REGISTRY
 from analysis.report import StudyInfo, build_report, partial_banner, status_counts
 from analysis.stats import summarize, t_quantile
 from kon_ray.config import ConfigError
-from kon_ray.paper import ANALYSES, FIGURE3, FIGURE4, METRICS, TABLE2, TABLE3, TABLE4, PaperValues
+from kon_ray.paper import (
+    ANALYSES, FIGURE3, FIGURE4, METRICS, TABLE2, TABLE3, TABLE4, PaperValues, published_from_json, published_to_json,
+)  # fmt: skip
 from kon_ray.studies import Study, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,6 +196,14 @@ def test_a_studys_paper_values_reach_its_report(tmp_path: Path) -> None:
     by_dataset = {"DB15K": mine}
     page = build_report([ablation], tmp_path / "r.html", [StudyInfo("s", ("main_table",), by_dataset)]).read_text()
     assert 'id="table-main-db15k"' in page and ">12.34<" in page
+
+
+@pytest.mark.parametrize("paper", [TABLE2, TABLE3, FIGURE3, None], ids=["by dataset", "table", "note", "none"])
+def test_paper_values_survive_study_json(paper: object) -> None:
+    """A study's paper values travel to its report through study.json."""
+    saved = json.loads(json.dumps(published_to_json(paper)))  # type: ignore[arg-type]
+    back = published_from_json(saved)
+    assert (dict(back) if isinstance(back, Mapping) else back) == (dict(paper) if isinstance(paper, Mapping) else paper)
 
 
 def test_unknown_analysis_is_refused_when_the_study_loads() -> None:

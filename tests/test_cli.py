@@ -10,7 +10,7 @@ import pytest
 
 from kon_ray.cli import main
 from kon_ray.config import flatten
-from tests.conftest import tiny_config
+from tests.conftest import read_scalars, tiny_config
 
 
 def stats_rows(out: str) -> dict[str, str]:
@@ -53,9 +53,16 @@ def test_bad_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_train_without_ray_writes_metrics(tiny_kg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tiny_config(tiny_kg, "train.max_steps=3").to_dict()
     overrides = [f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in flatten(config) if v is not None]
-    main(["train", "--no-ray", *overrides, "--out", str(tmp_path)])
-    assert "test MRR" in capsys.readouterr().out
-    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 3
+    main(["train", "--no-ray", *overrides, "train.evals_per_epoch=9", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert "test MRR" in out and f"tensorboard --logdir {tmp_path / 'tensorboard'}" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 3
+    assert f"log: {tmp_path / 'console.log'}" in err and "valid MRR=" in err  # on fit's bar
+    assert "step 3: valid MRR" not in err and "step 3: valid MRR" in (tmp_path / "console.log").read_text()
+    scalars = read_scalars(tmp_path / "tensorboard")
+    assert [step for step, _ in scalars["valid/mrr"]] == [r["step"] for r in metrics["history"]]
+    assert scalars["train/loss"][-1][1] == pytest.approx(metrics["history"][-1]["train.loss"])
 
 
 def test_report_of_a_study_without_results_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

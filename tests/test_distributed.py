@@ -13,7 +13,8 @@ import torch
 
 from kon_ray.config import ConfigError
 from kon_ray.distributed import check_resources, launch, start_ray
-from tests.conftest import tiny_config
+from kon_ray.training.monitor import TENSORBOARD_DIR
+from tests.conftest import read_scalars, tiny_config
 
 # The same global batch of 16 queries per step, split over 1 or 2 workers.
 STEPS = ["train.max_steps=8", "train.evals_per_epoch=4", "train.batch_size=16", "train.threads=1"]
@@ -38,7 +39,12 @@ def test_two_workers_zero2_match_one_worker(
     two = launch(tiny_config(tiny_kg, *STEPS, "train.workers=2", "train.zero_stage=2"), tmp_path / "two")
     one = launch(tiny_config(tiny_kg, *STEPS, "train.workers=1", "train.grad_accum=2"), tmp_path / "one")
     # Without ray[default] Train's placement-group cleaner would warn every second (start_ray quiets it).
-    assert "Failed to query" not in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "Failed to query" not in err
+    assert "valid MRR=" in err  # the driver's bar, moved by each validation that Ray Train reports
+    # The driver writes each report as TensorBoard scalars, at the steps of the run's history.
+    scalars = read_scalars(tmp_path / "two" / TENSORBOARD_DIR)
+    assert scalars["valid/mrr"] == [(r["step"], pytest.approx(r["valid.mrr"])) for r in two["history"]]
     assert two["workers"] == 2 and one["workers"] == 1
     assert len(losses(two)) == len(losses(one)) >= 2
     # Same micro-batches, negatives and dropout; only the gradient reduction order differs.

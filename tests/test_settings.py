@@ -1,4 +1,4 @@
-"""Every setting has its help in field metadata; `kon-ray config` prints it; docs/configuration.md is current."""
+"""Field metadata holds each help; `kon-ray config` prints it; docs/configuration.md is current."""
 
 from __future__ import annotations
 

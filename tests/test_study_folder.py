@@ -1,5 +1,6 @@
 """The study folder is read as JSON, without Ray: the same trials as Ray's own reader, and the
-commands that only read it (``study status``, ``study export``) load neither torch, DeepSpeed nor Ray."""
+commands that only read it (``study status``, ``study export``, ``report``) load neither torch,
+DeepSpeed nor Ray."""
 
 from __future__ import annotations
 
@@ -73,9 +74,13 @@ def test_saved_trials_match_rays_reader(tune_folder: Path) -> None:
     assert sorted(t.status for t in ours.values()) == ["ERROR", "TERMINATED", "TERMINATED", "TERMINATED"]
 
 
-@pytest.mark.parametrize("command", ["status", "export"])
+@pytest.mark.parametrize("command", ["status", "export", "report"])
 def test_reading_a_study_loads_no_heavy_library(tune_folder: Path, tmp_path: Path, command: str) -> None:
-    argv = ["study", command, str(tune_folder)] + (["--out", str(tmp_path)] if command == "export" else [])
+    argv = {
+        "status": ["study", "status", str(tune_folder)],
+        "export": ["study", "export", str(tune_folder), "--out", str(tmp_path)],
+        "report": ["report", str(tune_folder), "--out", str(tmp_path / "r.html")],
+    }[command]
     code = (
         "import sys\nfrom kon_ray.cli import main\n"
         f"main({argv!r})\nprint('loaded:', [m for m in {HEAVY!r} if m in sys.modules])"
@@ -85,8 +90,10 @@ def test_reading_a_study_loads_no_heavy_library(tune_folder: Path, tmp_path: Pat
     if command == "status":
         assert "s: 4 trials: 3 terminated, 1 error" in run.stdout
         assert "failed: trial" in run.stdout and "RuntimeError: boom" in run.stdout
-    else:
+    elif command == "export":
         assert (tmp_path / "s.parquet").is_file() and (tmp_path / "s.csv").is_file()
+    else:
+        assert (tmp_path / "r.html").is_file()
 
 
 def test_report_draws_what_the_study_saved(tune_folder: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -214,6 +215,7 @@ def run_study(
         tuner = _new_tuner(study, spec, trainable, folder, concurrent)
     log.info("%s: %d trials, up to %d at once, in %s", study.name, trial_count(study), concurrent, folder)
     logging.getLogger("tensorboardX.summary").setLevel(logging.WARNING)  # renames of 'hits@k' metrics
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's new output prints a banner even at verbose=0
     tuner.fit()
     table = study_table(folder)
     export_table(table, folder, study.name)

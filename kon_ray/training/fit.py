@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from kon_ray import losses
 from kon_ray.checkpoint import LoopState, trainable_state
+from kon_ray.console import FILE_ONLY
 from kon_ray.data import Queries, both_directions, sample_negatives
 from kon_ray.training import faults
 from kon_ray.training.engine import Schedule
@@ -64,6 +65,7 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
     running: dict[str, float] = {}
     order, order_epoch = np.empty(0, dtype=np.int64), -1
     bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=world.rank != 0, mininterval=10.0)
+    shown = {"loss": "-", "valid MRR": "-", "qps": "-"}  # the bar's postfix
     while state.step < total and state.train_time_s < budget:
         epoch, within = divmod(state.step, steps_per_epoch)
         if epoch != order_epoch:
@@ -87,14 +89,16 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
         state.train_time_s += world.reduce(time.perf_counter() - start, "max")
         schedule.progress = max(state.step / total, state.train_time_s / budget)
         bar.update(1)
-        qps = state.step * cfg.global_batch / max(state.train_time_s, 1e-9)
-        bar.set_postfix(loss=f"{terms['loss'].item():.3f}", qps=f"{qps:.0f}", refresh=False)
+        shown["loss"] = f"{terms['loss'].item():.3f}"
+        shown["qps"] = f"{state.step * cfg.global_batch / max(state.train_time_s, 1e-9):.0f}"
+        bar.set_postfix(shown, refresh=False)
         if state.step % eval_every == 0 or state.step >= total or state.train_time_s >= budget:
             valid, _ = evaluate(s, "valid", s.config.data.valid_limit, world)
             steps = state.step - (state.history[-1]["step"] if state.history else 0)
             previous_time = state.history[-1]["train_time_s"] if state.history else 0.0
             record = {
                 "step": state.step,
+                "progress": schedule.progress,
                 "epoch": state.step / steps_per_epoch,
                 "train_time_s": state.train_time_s,
                 "queries_per_s": steps * cfg.global_batch / max(state.train_time_s - previous_time, 1e-9),
@@ -106,7 +110,8 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
             }
             running = {}
             state.history.append(record)
-            log.info("step %d: valid MRR %.4f", state.step, valid["mrr"])
+            log.info("step %d: valid MRR %.4f", state.step, valid["mrr"], extra=FILE_ONLY)  # the bar shows it
+            shown["valid MRR"] = f"{valid['mrr']:.4f}"
             if valid["mrr"] > state.best_mrr:
                 state.best_valid = valid
                 best = trainable_state(engine.module)

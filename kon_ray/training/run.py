@@ -18,6 +18,7 @@ from kon_ray.results import provenance, write_json
 from kon_ray.training.engine import init_process_group, make_engine
 from kon_ray.training.evaluate import evaluate
 from kon_ray.training.fit import OnEval, fit
+from kon_ray.training.monitor import Monitor
 from kon_ray.training.setup import setup, trainable_parameters
 from kon_ray.training.world import World
 
@@ -77,10 +78,14 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     init_process_group()
     ckpt = out / "checkpoint"
 
+    monitor = Monitor(out, bar=False)  # fit's own bar is on this terminal
+
     def on_eval(engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None) -> None:
         checkpoint.save(ckpt, engine, state, best, 0, config.to_dict())
+        monitor.record(record)
 
     resume = ckpt if (ckpt / "state.json").exists() else None
-    metrics, table = train_and_test(config, World(), on_eval, resume)
+    with monitor:
+        metrics, table = train_and_test(config, World(), on_eval, resume)
     write_results(out, metrics, table)
     return metrics
