@@ -23,16 +23,6 @@ from kon_ray.evaluation import rank_queries, summarize
 Score = Callable[[Queries], torch.Tensor]
 
 
-def relation_frequency_scores(kg: KnowledgeGraph) -> torch.Tensor:
-    """(2, R, E) float64 scores: counts of e answering (direction, relation) in train, ties broken by direction counts."""
-    train = both_directions(kg.train)
-    counts = np.zeros((2, kg.num_relations, kg.num_entities))
-    np.add.at(counts, (train.direction, train.relation, train.target), 1.0)
-    overall = counts.sum(1)
-    counts += overall[:, None, :] / (overall.max() + 1.0)
-    return torch.from_numpy(counts)
-
-
 def relation_token_prior(kg: KnowledgeGraph, tokens: torch.Tensor, mask: torch.Tensor) -> Score:
     """Scores (B, E) by eq. 11 from each (direction, relation)'s training answers' token frequencies.
 
@@ -49,21 +39,35 @@ def relation_token_prior(kg: KnowledgeGraph, tokens: torch.Tensor, mask: torch.T
     counts.index_put_((*where, tokens[answers]), mask[answers].float(), accumulate=True)
     shares = counts / counts.sum(-1, keepdim=True).clamp(min=1)
     weights = mask / mask.sum(1, keepdim=True)
-    steps = torch.arange(k).expand(e, k)
 
     def score(batch: Queries) -> torch.Tensor:
         step = shares[torch.as_tensor(batch.direction), torch.as_tensor(batch.relation)]  # (B, K, V)
-        return (step[:, steps, tokens] * weights).sum(-1)  # eq. 10-11: (B, E)
+        # eq. 10-11, one step at a time: (B, E) memory, never (B, E, K)
+        return sum((step[:, j, tokens[:, j]] * weights[:, j] for j in range(k)), torch.zeros(len(batch), e))
 
     return score
 
 
 def relation_frequency(kg: KnowledgeGraph) -> Score:
-    """Scores (B, E) by ``relation_frequency_scores``."""
-    scores = relation_frequency_scores(kg)
+    """Scores (B, E) float64: how often e answers (direction, relation) in train, ties broken by how
+    often e answers the direction at all. The counts are kept sparse: memory O(E + triples + B x E)."""
+    train = both_directions(kg.train)
+    e = kg.num_entities
+    overall = np.zeros((2, e))
+    np.add.at(overall, (train.direction, train.target), 1.0)
+    tie = overall / (overall.max() + 1.0)
+    pairs, counts = np.unique((train.direction * kg.num_relations + train.relation) * e + train.target,
+                              return_counts=True)  # fmt: skip
 
     def score(batch: Queries) -> torch.Tensor:
-        return scores[torch.as_tensor(batch.direction), torch.as_tensor(batch.relation)]
+        out = tie[batch.direction].copy()
+        group = (batch.direction * kg.num_relations + batch.relation) * e
+        start = np.searchsorted(pairs, group)
+        length = np.searchsorted(pairs, group + e) - start
+        rows = np.repeat(np.arange(len(batch)), length)
+        at = np.repeat(start - (np.cumsum(length) - length), length) + np.arange(int(length.sum()))
+        out[rows, pairs[at] % e] += counts[at]
+        return torch.from_numpy(out)
 
     return score
 

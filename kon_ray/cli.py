@@ -57,25 +57,49 @@ def _encoded_kg(args: argparse.Namespace) -> tuple[RunConfig, KnowledgeGraph, Pr
     config = apply_overrides(RunConfig(), [f"data.dataset={args.dataset}", *args.overrides])
     kg = load_kg(config.data.dataset)
     tokenizer = load_tokenizer(config.model, kg, config.data.prompt)
-    return config, kg, tokenizer, encode_kg(kg, tokenizer, config.data.prompt, config.model.k)
+    encoded = encode_kg(kg, tokenizer, config.data.prompt, config.model.k, config.data.anchor_tokens)
+    return config, kg, tokenizer, encoded
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count} ({count / max(total, 1):.0%})"
+
+
+def _sharing(rows: object) -> int:
+    """How many entries (rows of a 2-D array) equal another one."""
+    import numpy as np
+
+    values = np.asarray(rows)
+    axis = 0 if values.ndim > 1 else None
+    _, groups, counts = np.unique(values, axis=axis, return_inverse=True, return_counts=True)
+    return int((counts[groups.reshape(-1)] > 1).sum())
 
 
 def _data_stats(args: argparse.Namespace) -> None:
+    import numpy as np
+
     config, kg, tokenizer, encoded = _encoded_kg(args)
-    k = config.model.k
-    lengths = encoded.name_lengths
-    seen = len(kg.valid) - len(kg.unseen("valid"))
+    k, cap, e = config.model.k, config.data.anchor_tokens, kg.num_entities
+    lengths, prompts = encoded.name_lengths, len(encoded.prompt_keys)
+    seen = {split: len(getattr(kg, split)) - len(kg.unseen(split)) for split in ("valid", "test")}
+    repeats = {split: kg.duplicates.get(split, 0) for split in ("train", "valid", "test")}
     rows = [
         ("dataset", kg.name),
-        ("entities", kg.num_entities),
+        ("entities", e),
         ("relations", kg.num_relations),
         ("train", len(kg.train)),
         ("valid", len(kg.valid)),
         ("test", len(kg.test)),
-        ("valid triples also in train", f"{seen} ({seen / max(len(kg.valid), 1):.0%})"),
+        ("duplicate triples", "train {train} (dropped), valid {valid}, test {test}".format(**repeats)),
+        ("valid triples also in train", _share(seen["valid"], len(kg.valid))),
+        ("test triples also in train", _share(seen["test"], len(kg.test))),
+        ("entities only in valid / test", f"{len(kg.only_in('valid'))} / {len(kg.only_in('test'))}"),
+        ("entities sharing a name", _share(_sharing(np.array(kg.entity_names, dtype=object)), e)),
+        (f"entities sharing their first K={k} tokens", _share(_sharing(encoded.entity_tokens.numpy()), e)),
         ("tokenizer", f"{config.model.backbone} ({len(tokenizer)} tokens)"),
         ("name tokens (mean / max)", f"{lengths.mean():.2f} / {lengths.max()}"),
         (f"names truncated at K={k}", f"{int((lengths > k).sum())} ({(lengths > k).mean():.2%})"),
+        (f"prompts cut at data.anchor_tokens={cap}", _share(encoded.capped_prompts(cap), prompts)),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -187,6 +211,53 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ConfigError,) if kg is None else (ConfigError, kg.KGFormatError)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from kon_ray.saved_run import export, load_run
+
+    for path in export(load_run(args.run), Path(args.out)):
+        print(path)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from kon_ray.data.queries import HEAD, TAIL
+    from kon_ray.predict import answer_text, ask, read_queries, resolve
+    from kon_ray.saved_run import load_run
+
+    if args.queries:
+        queries = read_queries(Path(args.queries))
+    elif args.entity is not None and args.relation is not None:
+        queries = [(args.entity, args.relation, HEAD if args.head else TAIL)]
+    else:
+        raise ConfigError("predict: give ENTITY and RELATION, or --queries FILE")
+    s = load_run(args.run).setup
+    for i, (entity, relation, direction) in enumerate(queries):
+        anchor = resolve(entity, s.kg.entity_names, "entity")
+        rel = resolve(relation, s.kg.relation_names, "relation")
+        answers = ask(s, anchor, rel, direction, args.top)
+        print(("\n" if i else "") + answer_text(s, anchor, rel, direction, answers, args.top))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from kon_ray.predict import per_relation
+    from kon_ray.saved_run import load_run
+    from kon_ray.training import evaluate
+
+    s = load_run(args.run, args.overrides).setup
+    limit = s.config.data.valid_limit if args.split == "valid" else s.config.data.test_limit
+    metrics, table = evaluate(s, args.split, limit)
+    relations = per_relation(table, s.kg.relation_names, s.config.eval.ties)
+    width = min(40, max(12, *(len(name) for name in relations["relation"])))
+    print(f"{args.split} split of {s.kg.name}, filtered, {s.config.eval.ties} ties")
+    print(f"{'':<{width}}{'queries':>8}{'MRR':>8}{'H@1':>8}{'H@3':>8}{'H@10':>8}")
+    for prefix in ("", "tail.", "head."):
+        figures = "".join(f"{metrics[prefix + m]:>8.4f}" for m in ("mrr", "hits@1", "hits@3", "hits@10"))
+        print(f"{prefix.rstrip('.') or 'all':<{width}}{int(metrics[prefix + 'queries']):>8}{figures}")
+    print("per relation (both directions)")
+    for row in relations.itertuples(index=False):
+        figures = "".join(f"{v:>8.4f}" for v in row[2:])
+        print(f"{row.relation[:width]:<{width}}{row.queries:>8}{figures}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kon-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="everything on the terminal: debug lines, Ray's output")
@@ -207,12 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(func=_config)
 
     data = commands.add_parser("data", help="inspect a KG").add_subparsers(dest="data_command", required=True)
-    stats = data.add_parser("stats", help="counts, and entity names truncated at K for a tokenizer")
-    stats.add_argument("dataset", help="DB15K, MKG-W or a folder with train/valid/test.tsv")
+    stats = data.add_parser(
+        "stats", help="counts, duplicates, leakage, shared names and first-K tokens, cuts at K and the anchor cap"
+    )
+    stats.add_argument("dataset", help="DB15K, MKG-W or a KG folder (formats: docs/data.md)")
     stats.add_argument("overrides", nargs="*", help="e.g. model.k=4 model.backbone=PATH")
     stats.set_defaults(func=_data_stats)
     baseline = data.add_parser("baseline", help="test metrics of ranking answers by what their relation alone says")
-    baseline.add_argument("dataset", help="DB15K, MKG-W or a folder with train/valid/test.tsv")
+    baseline.add_argument("dataset", help="DB15K, MKG-W or a KG folder (formats: docs/data.md)")
     baseline.add_argument("overrides", nargs="*", help="e.g. model.k=4 model.embedded.vocab_size=8192")
     baseline.set_defaults(func=_data_baseline)
 
@@ -247,6 +320,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="HTML file (default: <storage>/report-<studies>.html)")
     report.set_defaults(func=_report)
 
+    run_help = "a run folder (kon-ray train --out) or a study trial (<study folder>/<trial id>)"
+    export = commands.add_parser("export", help="write a run's LoRA adapter (or whole model) and K-ON heads")
+    export.add_argument("run", help=run_help)
+    export.add_argument("--out", required=True, help="folder to write")
+    export.set_defaults(func=_export)
+    predict = commands.add_parser("predict", help="a trained run's top answers to (ENTITY, RELATION, ?)")
+    predict.add_argument("run", help=run_help)
+    predict.add_argument("entity", nargs="?", help="the given entity: its name, or its id as 12 or #12")
+    predict.add_argument("relation", nargs="?", help="the relation: its name or id")
+    predict.add_argument("--head", action="store_true", help="ask for the head: (?, RELATION, ENTITY)")
+    predict.add_argument("--top", type=int, default=10, help="answers shown, and those tied with the last")
+    predict.add_argument("--queries", help="a file of 'entity<TAB>relation[<TAB>head|tail]' lines")
+    predict.set_defaults(func=_predict)
+    evaluate = commands.add_parser("evaluate", help="re-rank a trained run without training")
+    evaluate.add_argument("run", help=run_help)
+    evaluate.add_argument("overrides", nargs="*", help="eval.* or data.*_limit, e.g. eval.ties=optimistic")
+    evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="the split to rank")
+    evaluate.set_defaults(func=_evaluate)
+
     from kon_ray import bench  # a light import: each benchmark loads when it runs
 
     bench.add_arguments(commands.add_parser("bench", help=bench.HELP))
@@ -254,7 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra  # settings after an option: evaluate RUN --split valid eval.ties=...
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     console.setup(args.verbose)
     try:
         args.func(args)

@@ -20,6 +20,7 @@ __all__ = ["ConfigError", "RunConfig", "apply_overrides", "flatten"]  # ConfigEr
 EMBEDDED = "embedded"
 PAPER_LR = 1e-4
 EMBEDDED_LR = 1e-3
+PUBLISHED_LORA_TARGETS = ("embed_tokens", "q_proj", "v_proj")
 
 
 def _choice(name: str, value: object, choices: tuple[object, ...]) -> None:
@@ -57,11 +58,14 @@ class DataConfig:
         "paper": False})
     test_limit: int | None = field(default=None, metadata={
         "help": "Test on at most N test triples (both directions); None: all, as the paper does."})
+    anchor_tokens: int | None = field(default=48, metadata={
+        "help": "Tokens of the query entity's name kept in the prompt (its first N; the answer side is cut at "
+                "model.k), so a KG of long names does not pay for its longest prompt; None: all."})
 
     def __post_init__(self) -> None:
         _check_literals(self)
         check(bool(self.dataset), "data.dataset='': name a shipped KG (DB15K, MKG-W) or a folder")
-        for name in ("train_limit", "valid_limit", "test_limit"):
+        for name in ("train_limit", "valid_limit", "test_limit", "anchor_tokens"):
             value = getattr(self, name)
             check(value is None or value >= 1, f"data.{name}={value}: must be >= 1 or None")
 
@@ -109,8 +113,10 @@ class ModelConfig:
     lora_r: int = field(default=8, metadata={"help": "Rank of the backbone's LoRA (backbone_tuning='lora')."})
     lora_alpha: int = field(default=16, metadata={"help": "Scaling alpha of the backbone's LoRA."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout of the backbone's LoRA, in [0, 1)."})
-    lora_targets: tuple[str, ...] = field(default=("embed_tokens", "q_proj", "v_proj"), metadata={
-        "help": "Backbone modules that get LoRA adapters (comma-separated on the command line)."})
+    lora_targets: tuple[str, ...] = field(default=(), metadata={
+        "help": "Backbone modules given LoRA adapters (comma-separated on the command line); () (unset): "
+                "peft's default for the backbone's architecture (q_proj, v_proj for Llama; c_attn for "
+                "GPT-2). The published code's are PUBLISHED_LORA_TARGETS."})
     k: int = field(default=8, metadata={
         "help": "Number of K-ON heads: entity names are padded or truncated to K tokens (eq. 8)."})
     head_init: Literal["zero", "default"] = field(default="zero", metadata={
@@ -147,7 +153,6 @@ class ModelConfig:
         for name in ("lora_dropout", "attention_dropout", "score_lora_dropout"):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, f"model.{name}={value}: must be in [0, 1)")
-        check(bool(self.lora_targets), "model.lora_targets=(): name at least one module")
         if self.backbone == EMBEDDED and self.conditional_attention:
             hidden = self.embedded.hidden_size
             check(
@@ -170,7 +175,9 @@ class LossConfig:
                 "BCE with self-adversarial negative weights; 'infonce': softmax CE over the positive and its "
                 "negatives."})
     negatives: int = field(default=128, metadata={
-        "help": "|N|: negative entities per query, never a known true answer in training (strict)."})
+        "help": "|N|: negative entities per query, never a known true answer in training (strict). A query "
+                "with fewer non-answers gets all of them, then uniform repeats; |N| must be below the entity "
+                "count."})
     floor: float = field(default=1e-4, metadata={
         "help": "eq. 12/13 are unbounded below as printed; each log p is taken as log(p + floor)."})
     adversarial_temperature: float = field(default=0.5, metadata={

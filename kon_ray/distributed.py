@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from kon_ray import checkpoint, console
-from kon_ray.checkpoint import LoopState
+from kon_ray.checkpoint import MODEL_DIR, LoopState, RunIdentity
 from kon_ray.config import ConfigError, RunConfig
 from kon_ray.results import now
 
@@ -37,8 +37,8 @@ AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 
 def start_ray(address: str | None, **local: Any) -> None:
-    """Join ``address`` (e.g. 'auto' on a cluster) or start a local Ray bound to 127.0.0.1,
-    ``local`` being further ``ray.init`` arguments for it (``num_cpus``, ``resources``).
+    """Join ``address`` (e.g. 'auto' on a cluster) or start a new local Ray bound to 127.0.0.1, never
+    one already running here; ``local`` are further ``ray.init`` arguments for it (``num_cpus``).
 
     Ray reads the loopback switch when it is first imported, so this runs before any import of ray.
     """
@@ -50,7 +50,7 @@ def start_ray(address: str | None, **local: Any) -> None:
         return
     console.capture_ray_logging()
     if address is None:
-        ray.init(_node_ip_address="127.0.0.1", runtime_env=local_runtime_env(), **local)
+        ray.init(address="local", _node_ip_address="127.0.0.1", runtime_env=local_runtime_env(), **local)
     elif address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):  # e.g. a ray.cluster_utils.Cluster
         ray.init(address=address, runtime_env=local_runtime_env())
     else:
@@ -223,25 +223,44 @@ def worker(loop: dict[str, Any]) -> None:
     if device.type == "cpu" and config.train.threads is None:
         torch.set_num_threads(max(1, int(config.train.cpus_per_worker or 1)))
 
-    def on_eval(engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None) -> None:
+    def on_checkpoint(
+        engine: Any, record: dict[str, float], state: LoopState, best: dict[str, torch.Tensor] | None,
+        identity: RunIdentity,
+    ) -> None:
         with tempfile.TemporaryDirectory() as folder:
-            checkpoint.save(Path(folder), engine, state, best, world.rank, loop["config"])
+            checkpoint.save(Path(folder), engine, state, best, world.rank, loop["config"], identity)
             saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(dict(record), checkpoint=saved)
 
     with tempfile.TemporaryDirectory() as local:
         resume = _restore(ray.train.get_checkpoint(), Path(local))
         if resume is not None and (resume / "metrics.json").exists():
+            check_finished_on_same_data(resume, config)
             return  # finished before the restart: nothing left to do
-        metrics, table = train_and_test(config, world, on_eval, resume, device)
+        outcome = train_and_test(config, world, on_checkpoint, resume, device)
+    metrics = outcome.metrics
     metrics["nodes"] = world.gather(ray.get_runtime_context().get_node_id())  # each rank's Ray node
     metrics["ended"] = now()
     with tempfile.TemporaryDirectory() as folder:
         if world.rank == 0:
-            write_results(Path(folder), metrics, table)
+            write_results(Path(folder), outcome)
         final = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         saved = ray.train.Checkpoint.from_directory(folder) if world.rank == 0 else None
         ray.train.report({**final, "final": 1}, checkpoint=saved)
+
+
+def check_finished_on_same_data(finished: Path, config: RunConfig) -> None:
+    """A finished run launched again on a changed KG is refused, as a resumed one is, rather than
+    returning the old data's results as this run's."""
+    from kon_ray.data import load_kg
+
+    saved = json.loads((finished / "metrics.json").read_text())["data_hash"]
+    now = load_kg(config.data.dataset).slice(config.data.train_limit).digest
+    if saved != now:
+        raise ConfigError(
+            f"data.dataset={config.data.dataset}: the run of this name finished on other data "
+            f"(data hash {saved} -> {now}); use another name or output folder"
+        )
 
 
 def _restore(saved: Any, local: Path) -> Path | None:
@@ -284,6 +303,15 @@ def build_trainer(
     )
 
 
+def user_error(error: Exception) -> ConfigError | None:
+    """A worker's ConfigError (a checkpoint of another run, or a broken one) as one line, not Ray's
+    report of the failed worker group."""
+    for failure in getattr(error, "worker_failures", {}).values():
+        if isinstance(failure, ConfigError):
+            return ConfigError(failure.args[0] if failure.args else str(failure))
+    return None
+
+
 def launch(
     config: RunConfig,
     out: Path,
@@ -292,15 +320,14 @@ def launch(
     name: str | None = None,
     max_failures: int = 0,
 ) -> dict[str, Any]:
-    """Run ``config`` on Ray Train workers; copy ``metrics.json`` and ``ranks.parquet`` into ``out``.
+    """Run ``config`` on Ray Train workers; copy ``metrics.json``, ``ranks.parquet``, ``model/`` into ``out``.
 
     ``storage`` (a folder, or s3://... on a cluster) and ``name`` locate the run's checkpoints:
     launching again with the same two resumes from the latest checkpoint.
     """
-    from kon_ray.data import load_kg
-    from kon_ray.training import check_against_data
+    from kon_ray.data import check_data, load_kg
 
-    check_against_data(config, load_kg(config.data.dataset).slice(config.data.train_limit))
+    check_data(config, load_kg(config.data.dataset).slice(config.data.train_limit))
     if config.train.deepspeed_config and not Path(config.train.deepspeed_config).is_file():
         raise ConfigError(f"train.deepspeed_config={config.train.deepspeed_config}: no such file")
     start_ray(address)
@@ -312,11 +339,19 @@ def launch(
 
     storage = storage or str((out / "ray").resolve())
     with Monitor(out, bar=True) as monitor, reports_to(monitor.record) as reports:
-        result = build_trainer(config, name or out.name, storage, max_failures, [reports]).fit()
+        try:
+            result = build_trainer(config, name or out.name, storage, max_failures, [reports]).fit()
+        except Exception as error:  # Ray Train's report of the failed worker group
+            found = user_error(error)
+            if found is None:
+                raise
+            raise found from None
     if result.error is not None:
         raise result.error
     out.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as folder:
         for file in RESULT_FILES:
             shutil.copyfile(Path(folder) / file, out / file)
+        shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
+        shutil.copytree(Path(folder) / MODEL_DIR, out / MODEL_DIR)
     return json.loads((out / "metrics.json").read_text())

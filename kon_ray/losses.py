@@ -102,17 +102,15 @@ def step_losses(
 ) -> dict[str, torch.Tensor]:
     """Algorithm 1, lines 3-8, for one micro-batch: the weighted terms and their sum (``loss``).
 
-    ``batch`` holds the queries with their targets' tokens; ``candidate_tokens`` and
+    ``model`` is the KONModel or the DeepSpeed engine over it (which passes ``kon`` and ``head``
+    through). ``batch`` holds the queries with their targets' tokens; ``candidate_tokens`` and
     ``candidate_mask`` (B, 1 + |N|, K) are eq. 8's tokens of each query's target (column 0)
     and its negatives.
     """
     cfg = config.loss
     out: dict[str, torch.Tensor] = {}
-    h = model.hidden(batch)
-    h0 = h[torch.arange(len(h), device=h.device), batch.last]
-    kon_logits = model.kon(h0, model.output_weight)  # eq. 3-7
+    h, kon_logits, scores = model(batch, candidate_tokens, candidate_mask)  # eq. 1-11
     if cfg.nce_weight > 0:
-        scores = model.kon.entity_scores(model.kon.step_log_probs(kon_logits), candidate_tokens, candidate_mask)
         probability = config.model.score_space == "probability"
         out["nce"] = cfg.nce_weight * contrastive(scores[:, 0], scores[:, 1:], cfg, probability)
     if cfg.sft_weight > 0 or cfg.tdt_weight > 0:

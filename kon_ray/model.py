@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -215,18 +216,29 @@ class KON(nn.Module):
         return scores
 
 
+def _without_frozen(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, _: object) -> None:
+    """Drop frozen weights from a state dict under every name they have: a tied output head is the
+    input embedding under a second name, which ``named_parameters`` lists only once (DeepSpeed's
+    ``exclude_frozen_parameters`` filters by it, and so kept GPT-2's frozen ``lm_head.weight``)."""
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if not p.requires_grad:
+            state.pop(prefix + name, None)
+
+
 class KONModel(nn.Module):
     """The backbone LLM and the K-ON heads, trained together.
 
     The backbone's decoder and output head are looked up through ``backbone`` on each use,
     never stored as attributes: a stored module would be registered a second time under
-    another name, and checkpoints that exclude frozen weights would still save it.
+    another name, and checkpoints that exclude frozen weights would still save it. For the same
+    reason the state dict holds no frozen weight under any name (tied embeddings).
     """
 
     def __init__(self, backbone: PreTrainedModel, kon: KON) -> None:
         super().__init__()
         self.backbone = backbone
         self.kon = kon
+        self.register_state_dict_post_hook(_without_frozen)
 
     @property
     def base(self) -> PreTrainedModel:
@@ -248,13 +260,46 @@ class KONModel(nn.Module):
     def output_weight(self) -> torch.Tensor:
         return self.head.weight
 
+    def external_parameters(self) -> Iterator[tuple[nn.Module, nn.Parameter]]:
+        """Weights read outside their own module's forward, each with the module that reads them.
+
+        ZeRO-3 gathers a weight only for its own module's forward unless told otherwise
+        (``deepspeed.zero.register_external_parameter``): eq. 6's W^S is read by the score layers,
+        eq. 11's step weights by ``forward``;
+        ``nn.MultiheadAttention`` (eq. 4-5) reads its ``out_proj`` without calling it; and a
+        parameter container (peft's LoRA embedding keeps ``lora_embedding_A`` and ``_B`` in
+        ParameterDicts) is never called, its parent reads it.
+        """
+        yield self.kon, self.output_weight
+        if isinstance(self.kon.step_weights, nn.Parameter):
+            yield self, self.kon.step_weights  # eq. 11's alpha_k, read by entity_scores within forward
+        for module in self.modules():
+            if isinstance(module, nn.MultiheadAttention):
+                yield from ((module, p) for p in module.out_proj.parameters())
+            for child in module.children():
+                if isinstance(child, nn.ParameterDict | nn.ParameterList):
+                    yield from ((module, p) for p in child.parameters())
+
     def hidden(self, batch: Batch) -> torch.Tensor:
         """Eq. 1: the backbone's final hidden states (B, L, d)."""
         return self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
 
-    def scores_all(self, batch: Batch, entity_tokens: torch.Tensor, entity_mask: torch.Tensor) -> torch.Tensor:
-        """One forward pass scores every entity: (B, E)."""
+    def forward(
+        self, batch: Batch, candidate_tokens: torch.Tensor, candidate_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eq. 1-11: the hidden states (B, L, d), the K step logits (B, K, V) of h_0^m, and the
+        scores of the candidates (``KON.entity_scores``' tokens and mask).
+
+        One module call, so that ZeRO-3 gathers every weight it reads (``external_parameters``).
+        """
         h = self.hidden(batch)
         h0 = h[torch.arange(len(h), device=h.device), batch.last]
-        step = self.kon.step_log_probs(self.kon(h0, self.output_weight))
-        return self.kon.entity_scores(step, entity_tokens, entity_mask)
+        logits = self.kon(h0, self.output_weight)  # eq. 3-7
+        scores = self.kon.entity_scores(self.kon.step_log_probs(logits), candidate_tokens, candidate_mask)
+        return h, logits, scores
+
+    def scores_all(
+        self, batch: Batch, entity_tokens: torch.Tensor, entity_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One forward pass scores every entity: (B, E)."""
+        return self(batch, entity_tokens, entity_mask)[2]

@@ -3,6 +3,7 @@
 Run with ``data.dataset=MKG-W`` for Table 2's MKG-W half: the report compares each dataset with its half.
 """
 
+from kon_ray.config import PUBLISHED_LORA_TARGETS
 from kon_ray.paper import TABLE2
 from kon_ray.studies import Study
 
@@ -10,6 +11,7 @@ study = Study(
     name="paper",
     base={
         "model.backbone": "meta-llama/Llama-2-7b-chat-hf",
+        "model.lora_targets": PUBLISHED_LORA_TARGETS,  # the published code's: embed_tokens, q_proj, v_proj
         "data.prompt": "instruction",
         "train.micro_batch": 12,
         "train.grad_accum": 8,

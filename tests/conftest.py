@@ -101,6 +101,31 @@ def tiny_config(dataset: Path, *overrides: str) -> RunConfig:
     )
 
 
+@pytest.fixture(scope="session")
+def backbones(tiny_kg: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``backbones(family)``: a tiny ``save_pretrained`` folder of that family (``tests.backbones``
+    FAMILIES: llama, gpt2, qwen2) with a tokenizer trained on the tiny KG, written once a session."""
+    from tests.backbones import write_backbone
+
+    root = tmp_path_factory.mktemp("backbones")
+    written: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in written:
+            written[family] = write_backbone(family, tiny_kg, root / family)
+        return written[family]
+
+    return get
+
+
+def backbone_config(dataset: Path, backbone: Path, *overrides: str) -> RunConfig:
+    """``tiny_config`` on a saved backbone: LoRA (tuning 'auto'), a few steps."""
+    return tiny_config(
+        dataset, f"model.backbone={backbone}", "train.lr=1e-2", "train.max_steps=12",
+        "train.evals_per_epoch=4", "train.warmup_steps=2", *overrides,
+    )
+
+
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """TensorBoard scalars of the event files in ``folder``, tag -> [(step, value)], read back from
     their TFRecord framing (length, its CRC, an ``Event`` proto, its CRC)."""

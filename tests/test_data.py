@@ -214,3 +214,187 @@ def test_answer_index_empty_queries() -> None:
     index = AnswerIndex.build([np.array([[0, 0, 1]])], 2, 1)
     offsets, values = index.answers(both_directions(np.zeros((0, 3), dtype=np.int64)))
     assert offsets.tolist() == [0] and values.numel() == 0
+
+
+NAMED = {
+    "entities.tsv": "id\tname\n00001740\tbank\n00002137\tbank\nQ42\tDouglas  Adams\n00003553\triver\n",
+    "relations.tsv": "P1\tnear\nP2\tpart of\n",
+    "train.tsv": "00001740\tP1\t00003553\nQ42\tP2\t00002137\n",
+    "valid.tsv": "00002137\tP1\t00003553\n",
+    "test.tsv": "Q42\tP1\t00001740\n",
+}
+
+
+def test_ids_with_names(tmp_path: Path) -> None:
+    kg = load_kg(str(_write(tmp_path / "named", NAMED)))
+    assert kg.entity_names == ("bank", "bank", "Douglas Adams", "river")  # file order; names repeat
+    assert kg.relation_names == ("near", "part of")
+    assert kg.train.tolist() == [[0, 0, 3], [2, 1, 1]]  # the two banks stay apart
+    assert kg.valid.tolist() == [[1, 0, 3]] and kg.test.tolist() == [[2, 0, 0]]
+
+
+def test_ids_with_one_names_file(tmp_path: Path) -> None:
+    alone = {k: v for k, v in NAMED.items() if k != "relations.tsv"}
+    kg = load_kg(str(_write(tmp_path / "entities-only", alone)))
+    assert kg.entity_names[:2] == ("bank", "bank") and kg.relation_names == ("p1", "p2")  # named by their ids
+    alone = {**TSV, "relations.tsv": "bornIn\tplace of birth\nlocatedIn\tlocated in\n"}
+    kg = load_kg(str(_write(tmp_path / "relations-only", alone)))
+    assert kg.relation_names == ("place of birth", "located in") and kg.entity_names[0] == "Barack Obama"
+
+
+def test_bom_cr_endings_header_and_count_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    files = {
+        **TSV,
+        "train.tsv": "\ufeffhead\trelation\ttail\rBarack_Obama\tbornIn\tHonolulu\rHonolulu\tlocatedIn\tHawaii\r",
+        "valid.tsv": "\ufeffMichelle_Obama\tbornIn\tBarack_Obama\r\n",
+    }
+    with caplog.at_level("WARNING"):
+        kg = load_kg(str(_write(tmp_path / "clean", files)))
+    assert kg.entity_names[:3] == ("Barack Obama", "Honolulu", "Hawaii") and len(kg.train) == 2
+    assert "Barack Obama" in kg.entity_names and not any("\ufeff" in n for n in kg.entity_names)
+    assert kg.valid.tolist() == [[3, 0, 0]]
+    assert "train.tsv, line 1: header 'head\\trelation\\ttail' skipped" in caplog.text
+    openke = {**IDS, "entity2id.txt": "3\n" + IDS["entity2id.txt"], "train2id.txt": "2\n0 1 0\n1 2 1\n"}
+    assert load_kg(str(_write(tmp_path / "openke", openke))).train.tolist() == [[0, 0, 1], [1, 1, 2]]
+
+
+def test_duplicates_dropped_from_train_kept_in_valid_and_test(tmp_path: Path) -> None:
+    line = "Barack_Obama\tbornIn\tHonolulu\n"
+    files = {**TSV, "train.tsv": TSV["train.tsv"] + line + line, "valid.tsv": TSV["valid.tsv"] * 2}
+    kg = load_kg(str(_write(tmp_path / "dup", files)))
+    assert kg.train.tolist() == [[0, 0, 1], [1, 1, 2]]
+    assert len(kg.valid) == 2 and kg.duplicates == {"train": 2, "valid": 1, "test": 0}
+
+
+def test_db15k_valid_repeats_are_kept_as_published(db15k: KnowledgeGraph) -> None:
+    assert len(db15k.valid) == 9904 and db15k.duplicates == {"train": 0, "valid": 2423, "test": 0}
+    assert db15k.only_in("test").tolist()[:1] and len(db15k.only_in("test")) == 57
+
+
+@pytest.mark.parametrize(
+    ("files", "match"),
+    [
+        ({**TSV, "train.tsv": "a\tr\tb\nc\tr\x00\td\n"}, r"train\.tsv, line 2: NUL byte"),
+        ({**NAMED, "train.tsv": "00001740\tP1\t1740\n"}, r"train\.tsv, line 1: id '1740' is not in entities\.tsv"),
+        ({**NAMED, "train.tsv": "Q42\tP9\tQ42\n"}, r"train\.tsv, line 1: id 'P9' is not in relations\.tsv"),
+        ({**NAMED, "entities.tsv": "Q1\ta\nQ1\tb\n"}, r"entities\.tsv, line 2: duplicate id 'Q1', .* on line 1"),
+        ({**NAMED, "entities.tsv": "Q1\ta\nQ2\n"}, r"entities\.tsv, line 2: expected 'id<TAB>name'"),
+        ({**TSV, "entities.tsv": "\n"}, r"entities\.tsv: empty file"),
+    ],
+)
+def test_bad_named_input(tmp_path: Path, files: dict[str, str | bytes], match: str) -> None:
+    with pytest.raises(KGFormatError, match=match):
+        load_kg(str(_write(tmp_path / "bad", files)))
+
+
+def test_messages_quote_at_most_about_200_characters(tmp_path: Path) -> None:
+    huge = "x" * 5000 + "\r" + "y y y\r" * 100  # CR-only line ends: line 2 is bad, not the whole file
+    with pytest.raises(KGFormatError) as error:
+        load_kg(str(_write(tmp_path / "long", {**TSV, "train.tsv": "a\tr\tb\r" + huge})))
+    assert "train.tsv, line 2:" in str(error.value) and len(str(error.value)) < 500
+
+
+def test_data_stats_reports_sharing_leakage_and_the_anchor_cap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kon_ray.cli import main
+
+    long = "a very long name that goes on " * 6
+    files = {
+        **NAMED,
+        "entities.tsv": NAMED["entities.tsv"] + f"Q7\t{long}\nQ8\t{long}x\n",
+        "train.tsv": NAMED["train.tsv"] * 2 + "Q7\tP1\tQ8\n",
+        "valid.tsv": "Q42\tP2\t00002137\nQ42\tP1\t00003553\n",
+    }
+    folder = _write(tmp_path / "stats", files)
+    main(["data", "stats", str(folder), "model.k=4", "model.embedded.vocab_size=300", "data.anchor_tokens=14"])
+    rows = dict(line.split("  ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    rows = {key.strip(): value.strip() for key, value in rows.items()}
+    assert rows["duplicate triples"] == "train 2 (dropped), valid 0, test 0"
+    assert rows["valid triples also in train"] == "1 (50%)" and rows["test triples also in train"] == "0 (0%)"
+    assert rows["entities only in valid / test"] == "0 / 0"
+    assert rows["entities sharing a name"] == "2 (33%)"  # the two banks
+    assert rows["entities sharing their first K=4 tokens"].startswith("4 ")  # banks and the long names
+    assert rows["prompts cut at data.anchor_tokens=14"] == "2 (25%)"  # (Q7, P1, ?) and (?, P1, Q8)
+
+
+def _bpe(words: list[str], vocab: int = 300):  # type: ignore[no-untyped-def]
+    from kon_ray.data.tokenizer import train_tokenizer
+
+    return train_tokenizer(words, vocab)
+
+
+def test_anchor_name_is_capped_in_the_prompt_only(tmp_path: Path) -> None:
+    from kon_ray.data.prompts import encode_kg
+
+    long = "a very long name that goes on and on " * 4
+    files = {**NAMED, "entities.tsv": NAMED["entities.tsv"] + f"Q7\t{long}\n", "train.tsv": "Q7\tP1\tQ42\n"}
+    kg = load_kg(str(_write(tmp_path / "long", files)))
+    tokenizer = _bpe([*kg.entity_names, *kg.relation_names, "tail: head: | ="])
+    full = encode_kg(kg, tokenizer, "compact", 4, anchor_tokens=None)
+    capped = encode_kg(kg, tokenizer, "compact", 4, anchor_tokens=12)
+    assert torch.equal(full.entity_tokens, capped.entity_tokens)  # the answer side is cut at K only
+    query = both_directions(np.array([[4, 0, 2]])).take(slice(0, 1))  # (Q7, near, ?)
+    rows = full.prompt_rows(query), capped.prompt_rows(query)
+    lengths = full.prompt_lengths(rows[0])[0], capped.prompt_lengths(rows[1])[0]
+    assert full.name_lengths[4] > 20 and lengths[1] <= lengths[0] - (full.name_lengths[4] - 13)
+    text = tokenizer.decode(capped.prompt_flat[capped.prompt_offsets[rows[1][0]] : capped.prompt_offsets[rows[1][0] + 1]])
+    assert text.startswith("tail: a very long") and "| near =" in text
+    other = both_directions(np.array([[2, 0, 4]])).take(slice(0, 1))  # (Douglas Adams, near, ?): short, not cut
+    assert full.prompt_lengths(full.prompt_rows(other)) == capped.prompt_lengths(capped.prompt_rows(other))
+    assert capped.capped_prompts(12) == 1 and full.capped_prompts(None) == 0
+
+
+def test_encoding_cache_follows_the_tokenizer_contents_not_its_name(tmp_path: Path) -> None:
+    from kon_ray.data.prompts import encode_kg, tokenizer_digest
+
+    kg = load_kg(str(_write(tmp_path / "named", NAMED)))
+    a = _bpe([*kg.entity_names, *kg.relation_names], 270)
+    b = _bpe(["zzz qqq www", "completely other words", *kg.relation_names], 270)
+    a.name_or_path = b.name_or_path = "same/path"  # the old key: name or path and vocabulary size
+    assert len(a) == len(b) and tokenizer_digest(a) != tokenizer_digest(b)
+    first, second = encode_kg(kg, a, "compact", 4), encode_kg(kg, b, "compact", 4)
+    assert not torch.equal(first.entity_tokens, second.entity_tokens)
+    assert tokenizer_digest(a) == tokenizer_digest(_bpe([*kg.entity_names, *kg.relation_names], 270))
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_vectorised_tsv_reader_matches_the_line_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named: bool
+) -> None:
+    from kon_ray.data import kg as kg_module
+
+    rng = np.random.default_rng(0)
+    ids = [f"{i:08d}" if i % 2 else f"Q{i}" for i in range(300)]
+    files = {
+        f"{split}.tsv": "\n\n".join(
+            f"{ids[h]}\t{'r_' if named else 'rel_'}{r}\t{ids[t]}" for h, r, t in rng.integers(0, [300, 7, 300], (n, 3))
+        )
+        for split, n in (("train", 900), ("valid", 60), ("test", 60))
+    }
+    if named:
+        files["entities.tsv"] = "".join(f"{i}\tname  {int(i.lstrip('Q')) % 50}\n" for i in ids)
+        files["relations.tsv"] = "".join(f"r_{r}\trelation {r}\n" for r in range(7))
+    folder = _write(tmp_path / "kg", files)
+    fast = load_kg(str(folder))
+    monkeypatch.setattr(kg_module, "_load_tsv_fast", lambda *_: None)
+    slow = load_kg(str(folder))
+    assert fast.entity_names == slow.entity_names and fast.relation_names == slow.relation_names
+    assert fast.digest == slow.digest and fast.duplicates == slow.duplicates
+    for split in ("train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(fast, split), getattr(slow, split))
+    if named:
+        assert fast.entity_names[1] == "name 1"  # file order; whitespace collapsed
+    else:
+        assert set(fast.entity_names) <= set(ids) and "00000001" in fast.entity_names  # leading zeros kept
+
+
+def test_regular_tsv_takes_the_vectorised_reader(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from kon_ray.data import kg as kg_module
+
+    def line_by_line(*_: object) -> None:
+        raise AssertionError("the line reader ran on a regular file")
+
+    monkeypatch.setattr(kg_module, "_read_tsv", line_by_line)
+    monkeypatch.setattr(kg_module, "_read_name_file", line_by_line)
+    assert load_kg(str(_write(tmp_path / "named", {**NAMED, "entities.tsv": NAMED["entities.tsv"][8:]}))).num_entities == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,6 +55,34 @@ def test_two_workers_zero2_match_one_worker(
     for key in ("queries_per_s", "valid.mrr", "train.loss", "lr"):
         assert key in two["history"][-1]
     assert two["trainable_params"] > 0 and two["step_time_s"] > 0
+    from kon_ray.saved_run import load_run
+    from kon_ray.training import evaluate
+
+    saved = load_run(tmp_path / "two")  # the run folder keeps the best weights and the tokenizer
+    assert evaluate(saved.setup, "test", None)[0]["mrr"] == pytest.approx(two["test.mrr"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_resume_on_other_data_is_refused_in_one_line(
+    local_ray: None, tiny_kg: Path, tmp_path: Path, crash_after: Callable[[int], Path]
+) -> None:
+    """On Ray Train workers too, a checkpoint of another KG is refused naming both hashes, and so
+    is a finished run launched again on another KG."""
+    kg = shutil.copytree(tiny_kg, tmp_path / "kg")
+    original = (kg / "train.tsv").read_text()
+    config = tiny_config(kg, *STEPS)
+    crash_after(2)
+    with pytest.raises(Exception, match="injected crash"):
+        launch(config, tmp_path / "run", max_failures=0)
+    (kg / "train.tsv").write_text(original + "Kalomi\tfriendOf\tCity of Vi\n")
+    with pytest.raises(ConfigError, match="was written by another run \\(data hash [0-9a-f]{64} -> ") as error:
+        launch(config, tmp_path / "run", max_failures=0)
+    assert "\n" not in str(error.value)
+    (kg / "train.tsv").write_text(original)
+    finished = launch(config, tmp_path / "run", max_failures=0)  # the refusal left the checkpoint intact
+    (kg / "train.tsv").write_text(original + "Kalomi\tfriendOf\tCity of Vi\n")
+    with pytest.raises(ConfigError, match=f"finished on other data \\(data hash {finished['data_hash']} -> "):
+        launch(config, tmp_path / "run", max_failures=0)
 
 
 @pytest.mark.slow

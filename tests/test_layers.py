@@ -1,8 +1,8 @@
 """Layers import one way: every import in kon_ray/ and analysis/ (lazy ones included), read with ast.
 
 Low to high: config and results, data, model, losses, evaluation, backbone and checkpoint, training,
-distributed, studies, bench, analysis, cli. A module imports only its own layer or lower ones, and
-no modules import each other in a circle.
+distributed, studies, saved runs (export, predict), bench, analysis, cli. A module imports only its
+own layer or lower ones, and no modules import each other in a circle.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kon_ray.training",),
     ("kon_ray.distributed", "kon_ray.train_reports"),
     ("kon_ray.studies",),
+    ("kon_ray.saved_run", "kon_ray.predict"),
     ("kon_ray.bench",),
     ("analysis",),
     ("kon_ray.cli",),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -60,13 +62,58 @@ def test_target_is_excluded_even_when_not_indexed() -> None:
     assert sorted(set(draws.flatten().tolist())) == [0, 1, 3, 4, 5]
 
 
-def test_all_allowed_and_too_many() -> None:
+def test_all_allowed() -> None:
     draws = sample_negatives(TINY, _repeat(0, 1, 50), 4, _generator())
     assert (draws.sort(dim=1).values == torch.tensor([0, 2, 4, 5])).all()
-    with pytest.raises(ValueError, match=r"\|N\|=5 negatives requested but query 0 .* has only 4 non-answers"):
-        sample_negatives(TINY, _repeat(0, 1, 3), 5, _generator())
-    with pytest.raises(ValueError, match=r"\|N\|=5 .* has only 4 non-answers"):
-        sample_negatives_reference(TINY, _repeat(0, 1, 3), 5, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("sampler", ["vectorised", "reference"])
+def test_fewer_allowed_than_n_gives_all_then_uniform_repeats(sampler: str) -> None:
+    # (0, r0, ?) allows {0, 2, 4, 5}; |N|=7: the first 4 slots hold all four, slots 4-6 repeat them.
+    queries = _repeat(0, 1, 8000)
+    if sampler == "vectorised":
+        draws = sample_negatives(TINY, queries, 7, _generator())
+    else:
+        draws = sample_negatives_reference(TINY, queries, 7, np.random.default_rng(0))
+    assert draws.shape == (8000, 7)
+    assert (draws[:, :4].sort(dim=1).values == torch.tensor([0, 2, 4, 5])).all()
+    for slot in range(7):  # every slot uniform over the allowed entities, never a known answer
+        frequency = torch.bincount(draws[:, slot], minlength=6).double() / len(draws)
+        assert frequency[[1, 3]].tolist() == [0.0, 0.0]
+        assert torch.allclose(frequency[[0, 2, 4, 5]], torch.full((4,), 0.25, dtype=torch.float64), atol=0.02)
+
+
+def test_mixed_rows_short_and_long() -> None:
+    # One batch with a short row (4 allowed) and a long one (5 allowed: target 2 only): |N|=5.
+    queries = Queries(*(np.array(v, dtype=np.int64) for v in ([0, 5], [0, 0], [TAIL, TAIL], [1, 2])))
+    draws = sample_negatives(TINY, queries, 5, _generator())
+    assert sorted(draws[1].tolist()) == [0, 1, 3, 4, 5]
+    assert set(draws[0].tolist()) == {0, 2, 4, 5}
+
+
+def test_no_non_answer_is_refused() -> None:
+    every = AnswerIndex.build([np.array([[0, 0, 0], [0, 0, 1], [0, 0, 2]])], num_entities=3, num_relations=1)
+    with pytest.raises(ValueError, match=r"\|N\|=2 negatives requested but query 0 .* has no non-answer"):
+        sample_negatives(every, _repeat(0, 1, 3), 2, _generator())
+    with pytest.raises(ValueError, match=r"has no non-answer"):
+        sample_negatives_reference(every, _repeat(0, 1, 3), 2, np.random.default_rng(0))
+
+
+def test_memory_does_not_grow_with_queries_times_entities() -> None:
+    """192 queries x 50,000 entities: a bitmap or key matrix over the entities would take 9.6 MB or more."""
+    rng = np.random.default_rng(0)
+    entities = 50_000
+    triples = np.stack([rng.integers(0, n, 20_000) for n in (entities, 5, entities)], axis=1)
+    index = AnswerIndex.build([triples], entities, 5)
+    queries = both_directions(triples[:96])
+    sample_negatives(index, queries, 128, _generator())  # warm-up: lazy imports and caches
+    tracemalloc.start()
+    try:
+        sample_negatives(index, queries, 128, _generator())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000
 
 
 def test_deterministic() -> None:

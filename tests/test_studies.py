@@ -318,6 +318,11 @@ def test_grid_with_a_failing_trial_retries_and_records_it(
         assert json.loads((latest_checkpoint(run) / "state.json").read_text())["step"] == 4  # last validation
     exported = pd.read_parquet(tmp_path / "grid" / "grid.parquet")
     assert len(exported) == 2 and (tmp_path / "grid" / "grid.csv").exists()
+    from kon_ray.saved_run import load_run
+
+    for _, row in table.iterrows():  # each trial keeps its best weights and tokenizer, found by its id
+        saved = load_run(tmp_path / "grid" / row["trial_id"])
+        assert saved.setup.config.model.k == row["config.model.k"] and saved.record["test.mrr"] == row["test.mrr"]
 
 
 @pytest.mark.slow

@@ -21,7 +21,10 @@ from kon_ray.overrides import parse_overrides, set_fields, split_dotted
 if TYPE_CHECKING:
     import torch
 
-BENCHMARKS = ("scoring", "negatives", "sampling", "evaluation", "study", "heads", "sft", "precision")
+BENCHMARKS = (
+    "scoring", "negatives", "sampling", "evaluation", "study", "heads", "sft", "precision", "scale", "gpu"
+)  # fmt: skip
+IN_ALL = BENCHMARKS[:-2]  # scale takes 20 minutes alone; gpu runs scoring and sft itself, on CUDA only
 HELP = "measure K-ON's efficiency claims and kon-ray's overheads as ratios"
 
 
@@ -42,9 +45,8 @@ def run_args(args: argparse.Namespace) -> None:
     """Run the benchmark (or all) that parsed ``args`` name."""
     import torch
 
-    from kon_ray.training import default_device
-
-    device = torch.device(args.device) if args.device else default_device()
+    # As training.default_device, without importing training (DeepSpeed) before a benchmark refuses.
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
     if args.name == "all":
         run_all(args.overrides, out, device)
@@ -71,11 +73,13 @@ def main(argv: list[str]) -> None:
 
 def run_benchmark(name: str, items: list[str], out: Path, device: torch.device) -> dict[str, Any]:
     """Run one benchmark with its ``key=value`` overrides; print it, write ``out/NAME.json``, return the record."""
-    from kon_ray.bench.common import record, show, verdict, write_record
+    from kon_ray.bench.common import record, require_device, show, verdict, write_record
 
     if name not in BENCHMARKS:
         raise ConfigError(f"benchmark {name!r}: must be one of {', '.join(BENCHMARKS)} or all")
     module = importlib.import_module(f"kon_ray.bench.{name}")
+    if hasattr(module, "DEVICE"):
+        require_device(name, module.DEVICE, device)
     pairs, dotted = split_dotted(parse_overrides(items))
     settings = set_fields(module.Settings(), pairs, scope=f"among the settings of bench {name}")
     config = apply_overrides(apply_overrides(RunConfig(), dict(module.BASE)), dotted)
@@ -90,8 +94,8 @@ def run_benchmark(name: str, items: list[str], out: Path, device: torch.device) 
 
 
 def run_all(items: list[str], out: Path, device: torch.device) -> list[dict[str, Any]]:
-    """Every benchmark in turn; only dotted (run config) overrides, which each benchmark takes."""
+    """Every benchmark but gpu in turn; only dotted (run config) overrides, which each benchmark takes."""
     pairs, _ = split_dotted(parse_overrides(items))
     if pairs:
         raise ConfigError(f"bench all: benchmark settings {sorted(pairs)} differ per benchmark; run it alone")
-    return [run_benchmark(name, items, out, device) for name in BENCHMARKS]
+    return [run_benchmark(name, items, out, device) for name in IN_ALL]

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from kon_ray.config import RunConfig
+from kon_ray.config import ConfigError, RunConfig
 from kon_ray.data import Queries, both_directions, sample_negatives
 from kon_ray.results import provenance, write_json
 
@@ -77,6 +77,16 @@ def show(line: str) -> None:
 def announce(setup: dict[str, Any]) -> dict[str, Any]:
     show("setup: " + ", ".join(f"{key} {value}" for key, value in setup.items()))
     return setup
+
+
+def require_device(name: str, needed: str, device: torch.device) -> None:
+    """Refuse, in one line, a benchmark that needs a ``needed`` device ('cuda') on another."""
+    if needed == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"bench {name}: needs a CUDA device; torch {torch.__version__} sees none on this machine"
+        )
+    if device.type != needed:
+        raise ConfigError(f"bench {name}: --device {device}: it runs on {needed} only")
 
 
 def sync(device: torch.device) -> None:
@@ -186,7 +196,7 @@ def train_step(s: Setup, engine: Any, queries: Queries, negatives: int, step: in
         torch.manual_seed(seed)
         chunk = queries.take(slice(micro * t.micro_batch, (micro + 1) * t.micro_batch))
         drawn = sample_negatives(s.train_index, chunk, negatives, torch.Generator().manual_seed(seed)).to(s.device)
-        terms = compute_losses(s, chunk, drawn)
+        terms = compute_losses(s, chunk, drawn, engine)
         engine.backward(terms["loss"])
         engine.step()
         loss += terms["loss"].item()

@@ -1,5 +1,6 @@
 """Knowledge graphs, link-prediction queries, known answers and negative sampling."""
 
+from kon_ray.data.checks import check_data
 from kon_ray.data.kg import SHIPPED, KGFormatError, KnowledgeGraph, load_kg
 from kon_ray.data.names import entity_name, relation_name
 from kon_ray.data.negatives import sample_negatives, sample_negatives_reference
@@ -14,6 +15,7 @@ __all__ = [
     "KnowledgeGraph",
     "Queries",
     "both_directions",
+    "check_data",
     "entity_name",
     "load_kg",
     "relation_name",

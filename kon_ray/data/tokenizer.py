@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,8 +32,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 
 
 def kg_tokenizer(corpus: list[str], digest: str, vocab_size: int) -> PreTrainedTokenizerFast:
-    """The tokenizer for a KG, trained once on ``corpus`` and cached by the KG's digest."""
-    key = cache_key(kind="bpe", digest=digest, vocab_size=vocab_size, corpus=len(corpus))
+    """The tokenizer for a KG, trained once on ``corpus`` and cached by the KG's digest and the corpus."""
+    corpus_digest = hashlib.sha256("\n".join(corpus).encode()).hexdigest()
+    key = cache_key(kind="bpe", digest=digest, vocab_size=vocab_size, corpus=corpus_digest)
 
     def build(folder: Path) -> None:
         train_tokenizer(corpus, vocab_size).save_pretrained(folder)

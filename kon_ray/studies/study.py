@@ -245,8 +245,7 @@ def load_study(path: str | Path) -> Study:
 def check_study(study: Study, source: str | Path, extra: Mapping[str, Any] = {}) -> list[RunConfig]:  # noqa: B006
     """Build every config ``study`` can produce (search-space endpoints) with ``extra`` on top,
     and check each against its KG; errors name ``source`` and the study field. No model is loaded."""
-    from kon_ray.data import KGFormatError, load_kg
-    from kon_ray.training import check_against_data
+    from kon_ray.data import KGFormatError, check_data, load_kg
 
     clash = sorted(set(extra) & set(study.varied))
     _check(not clash, f"{source}: overrides {clash} set keys the study varies; drop them")
@@ -264,7 +263,7 @@ def check_study(study: Study, source: str | Path, extra: Mapping[str, Any] = {})
                 key = (config.data.dataset, config.data.train_limit)
                 if key not in kgs:
                     kgs[key] = load_kg(config.data.dataset).slice(config.data.train_limit)
-                check_against_data(config, kgs[key])
+                check_data(config, kgs[key])
             except (ConfigError, KGFormatError, OSError) as error:
                 raise ConfigError(f"{source}: {where}: {error}") from None
             configs.append(config)

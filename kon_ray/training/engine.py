@@ -64,6 +64,10 @@ def make_engine(s: Setup) -> tuple[Any, Schedule]:
     import deepspeed  # heavy import, only where training starts
 
     t = s.config.train
+    settings = deepspeed_config(s.config, s.precision.weights == torch.bfloat16)
+    if settings.get("zero_optimization", {}).get("stage", 0) == 3:
+        for module, weight in s.model.external_parameters():
+            deepspeed.zero.register_external_parameter(module, weight)
     params = [p for p in s.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.config.learning_rate, weight_decay=t.weight_decay)
     schedule = Schedule(t.warmup_steps, t.schedule == "linear")
@@ -71,6 +75,6 @@ def make_engine(s: Setup) -> tuple[Any, Schedule]:
         model=s.model,
         optimizer=optimizer,
         lr_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-        config=deepspeed_config(s.config, s.precision.weights == torch.bfloat16),
+        config=settings,
     )
     return engine, schedule

@@ -28,12 +28,20 @@ OnEval = Callable[[Any, dict[str, float], LoopState, "dict[str, torch.Tensor] | 
 """Called on every rank after each validation with (engine, record, state, best weights)."""
 
 
-def compute_losses(s: Setup, queries: Queries, negatives: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Algorithm 1, lines 3-8, for one micro-batch of ``queries`` and their ``negatives`` (B, |N|)."""
+def compute_losses(
+    s: Setup, queries: Queries, negatives: torch.Tensor, engine: Any = None
+) -> dict[str, torch.Tensor]:
+    """Algorithm 1, lines 3-8, for one micro-batch of ``queries`` and their ``negatives`` (B, |N|).
+
+    Training passes its DeepSpeed ``engine``, whose forward the model runs through: ZeRO-3 counts
+    micro-batches there, and without it keeps only the last micro-batch's gradients of a step.
+    """
     batch = s.encoded.batch(queries, with_targets=True).to(s.device)
     candidates = torch.cat([torch.as_tensor(queries.target, device=s.device)[:, None], negatives], dim=1)
+    model = s.model if engine is None else engine
     with s.precision.training(s.device):
-        return losses.step_losses(s.model, batch, s.entity_tokens[candidates], s.entity_mask[candidates], s.config)
+        tokens, mask = s.entity_tokens[candidates], s.entity_mask[candidates]
+        return losses.step_losses(model, batch, tokens, mask, s.config)
 
 
 def micro_seed(seed: int, step: int, micro: int) -> int:
@@ -80,7 +88,7 @@ def fit(s: Setup, engine: Any, schedule: Schedule, world: World, state: LoopStat
             chunk = queries.take(rows[micro * cfg.micro_batch : (micro + 1) * cfg.micro_batch])
             generator = torch.Generator().manual_seed(seed)
             negatives = sample_negatives(s.train_index, chunk, s.config.loss.negatives, generator).to(s.device)
-            terms = compute_losses(s, chunk, negatives)
+            terms = compute_losses(s, chunk, negatives, engine)
             engine.backward(terms["loss"])
             engine.step()
             for name, value in terms.items():

@@ -5,14 +5,27 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from kon_ray.backbone import Precision, load_backbone, load_tokenizer, resolve_precision
-from kon_ray.config import ConfigError, RunConfig
-from kon_ray.data import AnswerIndex, KnowledgeGraph, load_kg
+from kon_ray.backbone import (
+    Precision,
+    backbone_identity,
+    load_backbone,
+    load_tokenizer,
+    resolve_precision,
+    tokenizer_identity,
+)
+from kon_ray.checkpoint import RunIdentity
+from kon_ray.config import RunConfig
+from kon_ray.data import AnswerIndex, KnowledgeGraph, check_data, load_kg
 from kon_ray.data.prompts import EncodedKG, encode_kg
 from kon_ray.model import KON, KONModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +34,8 @@ log = logging.getLogger(__name__)
 class Setup:
     config: RunConfig
     kg: KnowledgeGraph
+    tokenizer: PreTrainedTokenizerBase
+    identity: RunIdentity
     encoded: EncodedKG
     model: KONModel
     train_index: AnswerIndex
@@ -35,42 +50,36 @@ class Setup:
         self.entity_mask = self.encoded.entity_mask.to(self.device)
 
 
-def check_against_data(config: RunConfig, kg: KnowledgeGraph) -> None:
-    """Settings that only the data can validate, checked before any training."""
-    if config.loss.negatives >= kg.num_entities:
-        raise ConfigError(
-            f"loss.negatives={config.loss.negatives}: |N| must be below the number of entities "
-            f"of {kg.name} ({kg.num_entities})"
-        )
-    if config.data.valid_unseen and not len(kg.unseen("valid")):
-        raise ConfigError(
-            f"data.valid_unseen=True: every valid triple of {kg.name} is a training triple, so none is left "
-            "to validate on; set data.valid_unseen=false to validate on them anyway"
-        )
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def setup(config: RunConfig, device: torch.device | None = None) -> Setup:
-    """Load the KG, tokenizer, backbone and K-ON heads; everything ``fit`` needs."""
+def setup(
+    config: RunConfig, device: torch.device | None = None, tokenizer: PreTrainedTokenizerBase | None = None
+) -> Setup:
+    """Load the KG, tokenizer, backbone and K-ON heads; everything ``fit`` needs.
+
+    ``tokenizer``: a saved run's own, instead of the one the config names.
+    """
     device = device or default_device()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     kg = load_kg(config.data.dataset).slice(config.data.train_limit)
-    check_against_data(config, kg)
+    check_data(config, kg)
     torch.manual_seed(config.train.seed)
-    tokenizer = load_tokenizer(config.model, kg, config.data.prompt)
+    tokenizer = tokenizer or load_tokenizer(config.model, kg, config.data.prompt)
     encoded = encode_kg(kg, tokenizer, config.data.prompt, config.model.k)
     precision = resolve_precision(config.model, device)
     log.info("precision %s", precision)
     backbone = load_backbone(config.model, tokenizer, device, precision.weights, config.train.seed)
     vocab, dim = backbone.get_output_embeddings().weight.shape
-    kon = KON(config.model, dim, vocab).to(device)
+    # The heads in the weights' dtype, as DeepSpeed's bf16 mode casts them (and ranking without an engine).
+    kon = KON(config.model, dim, vocab).to(device, precision.weights)
     return Setup(
         config=config,
         kg=kg,
+        tokenizer=tokenizer,
+        identity=RunIdentity(kg.digest, tokenizer_identity(tokenizer), backbone_identity(config.model)),
         encoded=encoded,
         model=KONModel(backbone, kon),
         train_index=AnswerIndex.build([kg.train], kg.num_entities, kg.num_relations),
