@@ -62,12 +62,15 @@ def run_inline(config: RunConfig, run: Path) -> dict[str, Any]:
     if device.type == "cpu" and config.train.threads is None:
         torch.set_num_threads(max(1, int(config.train.cpus_per_worker or 1)))
 
-    def on_eval(engine: Any, record: dict[str, float], state: Any, best: dict[str, Any] | None) -> None:
-        publish(run, lambda folder: checkpoint.save(folder, engine, state, best, 0, config.to_dict()))
+    def on_checkpoint(
+        engine: Any, record: dict[str, float], state: Any, best: dict[str, Any] | None, identity: Any
+    ) -> None:
+        publish(run, lambda folder: checkpoint.save(folder, engine, state, best, 0, config.to_dict(), identity))
         tune.report(dict(record))
 
-    metrics, table = train_and_test(config, World(), on_eval, latest_checkpoint(run), device)
+    outcome = train_and_test(config, World(), on_checkpoint, latest_checkpoint(run), device)
+    metrics = outcome.metrics
     metrics["nodes"] = [ray.get_runtime_context().get_node_id()]
     metrics["ended"] = now()
-    publish(run, lambda folder: write_results(folder, metrics, table))
+    publish(run, lambda folder: write_results(folder, outcome))
     return metrics
