@@ -23,6 +23,7 @@ import torch
 from kon_ray import checkpoint, console
 from kon_ray.checkpoint import MODEL_DIR, LoopState, RunIdentity
 from kon_ray.config import ConfigError, RunConfig
+from kon_ray.results import now
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,7 @@ def worker(loop: dict[str, Any]) -> None:
         outcome = train_and_test(config, world, on_checkpoint, resume, device)
     metrics = outcome.metrics
     metrics["nodes"] = world.gather(ray.get_runtime_context().get_node_id())  # each rank's Ray node
+    metrics["ended"] = now()
     with tempfile.TemporaryDirectory() as folder:
         if world.rank == 0:
             write_results(Path(folder), outcome)

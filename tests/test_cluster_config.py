@@ -1,5 +1,5 @@
-"""cluster.yaml against Ray's own cluster-launcher schema and checks, and the studies against the
-fleet it describes (no cloud call)."""
+"""cluster.yaml against Ray's own cluster-launcher schema and checks, its security settings, and the
+studies against the fleet it describes (no cloud call)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from kon_ray.studies.tune import SLOT, plan_resources
 
 ROOT = Path(__file__).parents[1]
 CLUSTER = ROOT / "cluster.yaml"
+POLICY = ROOT / "cluster" / "head-policy.json"
+DOCS = ROOT / "docs" / "cluster.md"
 SCHEMA = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
 
 
@@ -43,6 +46,59 @@ def test_safe_defaults(cluster: dict) -> None:
     assert cluster["available_node_types"]["head"]["resources"]["CPU"] == 0  # no training on the head
     gpu = cluster["available_node_types"]["gpu_a100"]
     assert gpu["resources"]["GPU"] == 8 and gpu["max_workers"] <= cluster["max_workers"]
+
+
+def test_ssh_only_through_the_named_security_group(cluster: dict) -> None:
+    """Ray creates a group with SSH open to 0.0.0.0/0 for any node type without SecurityGroupIds
+    (and adds provider.security_group's rules to it, never narrowing it)."""
+    for name, kind in cluster["available_node_types"].items():
+        (group,) = kind["node_config"]["SecurityGroupIds"]
+        assert re.fullmatch(r"sg-[0-9a-f]{8,17}", group), name
+    assert "security_group" not in cluster["provider"]
+    assert "0.0.0.0" not in yaml.safe_dump(cluster)  # the settings, not the comments
+    docs = DOCS.read_text()
+    assert "--port 22 --cidr \"$CIDR\"" in docs and "--protocol -1 --source-group \"$SG\"" in docs
+
+
+def test_the_head_gets_a_least_privilege_profile_and_workers_none(cluster: dict) -> None:
+    """With no IamInstanceProfile on the head, Ray makes one with EC2 and S3 full access."""
+    types = cluster["available_node_types"]
+    assert types[cluster["head_node_type"]]["node_config"]["IamInstanceProfile"] == {"Name": "kon-ray-head"}
+    assert all("IamInstanceProfile" not in t["node_config"] for n, t in types.items() if n != cluster["head_node_type"])
+    statements = json.loads(POLICY.read_text())["Statement"]
+    actions = [a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
+    assert all(a.split(":")[0] in ("ec2", "ssm") and "*" not in a for a in actions), actions
+    assert not any(a.split(":")[1].startswith(("Delete", "Modify", "Authorize")) for a in actions)
+    for s in statements:  # what changes instances is held to this cluster's tag
+        changes = {"ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances"} & set(s["Action"])
+        if changes:
+            assert s["Condition"] == {"StringEquals": {"ec2:ResourceTag/ray-cluster-name": cluster["cluster_name"]}}
+        if "ec2:RunInstances" in s["Action"] and any(":instance/" in r for r in s["Resource"]):
+            assert s["Condition"] == {"StringEquals": {"aws:RequestTag/ray-cluster-name": cluster["cluster_name"]}}
+
+
+def test_the_hub_token_stays_out_of_jobs_and_logs(cluster: dict) -> None:
+    """The head's setup reads the token from a file (deleted once the model is on the shared
+    storage); no command line, job environment or study holds it."""
+    text = CLUSTER.read_text()
+    assert "HF_TOKEN" not in text.replace("HF_TOKEN_PATH", "")
+    (download,) = [c for c in cluster["head_setup_commands"] if "hf download" in c]
+    assert "HF_TOKEN_PATH=~/.hf-token" in download and download.endswith("rm -f ~/.hf-token)")
+    assert "--local-dir /mnt/kon-ray/models/" in download
+    assert "runtime-env" not in DOCS.read_text() and "HF_TOKEN" not in DOCS.read_text()
+    assert "model.backbone=/mnt/kon-ray/models/" in DOCS.read_text()
+
+
+def test_only_the_projects_own_files_are_synced(cluster: dict) -> None:
+    """Each file mount is a file or folder that git tracks in the repository, never the whole checkout."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for remote, local in cluster["file_mounts"].items():
+        path = (ROOT / local).resolve()
+        assert path != ROOT and path.is_relative_to(ROOT), local
+        relative = path.relative_to(ROOT).as_posix()
+        assert relative in tracked or any(t.startswith(relative + "/") for t in tracked), local
+        assert remote == f"/home/ubuntu/kon-ray/{relative}"
+    assert cluster["rsync_filter"] == [".gitignore"]
 
 
 def extras(name: str, groups: dict[str, list[str]]) -> list[str]:

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from kon_ray.config import ConfigError, RunConfig, apply_overrides
 from kon_ray.studies.study import Study, load_study, trial_overrides
 
 SPEC_FILE = "study.json"
+STARTED_FILE = "started.txt"
 STATE_FILES = "experiment_state*.json"
 LIVE_STATE_S = 300.0
 """A live Tune driver saves its experiment state every 10 s or so; an older state is a stopped driver's."""
@@ -43,6 +44,8 @@ class TrialSpec:
     """The report's figures and tables the study names."""
     paper: Mapping[str, Any] | None = None
     """The study's published values, as ``kon_ray.paper.published_to_json`` writes them."""
+    definition: Mapping[str, Any] = field(default_factory=dict)
+    """What the study file said when the study ran (``definition``); ``--resume`` compares it."""
 
     def config(self, params: Mapping[str, Any]) -> RunConfig:
         return apply_overrides(RunConfig(), trial_overrides(self.base, self.variants, params, self.extra))
@@ -59,9 +62,42 @@ def read_spec(folder: Path) -> TrialSpec:
     path = folder / SPEC_FILE
     if not path.is_file():
         raise ConfigError(f"{folder}: not a study folder (no {SPEC_FILE})")
-    values = json.loads(path.read_text())
-    tuples = {name: tuple(values.get(name, ())) for name in ("varied", "analyses")}
-    return TrialSpec(**{**values, **tuples})
+    try:
+        values = {k: v for k, v in json.loads(path.read_text()).items() if k != "loop_extra"}  # older records
+        tuples = {name: tuple(values.get(name, ())) for name in ("varied", "analyses")}
+        return TrialSpec(**{**values, **tuples})
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}:{error.lineno}: corrupt study record ({error.msg})") from None
+    except (KeyError, TypeError) as error:
+        cause = f"{type(error).__name__}: {error}"
+        raise ConfigError(f"{path}: not a study record of this kon-ray ({cause})") from None
+
+
+# Study fields that do not change what a trial runs: a resume may change them.
+NOT_DEFINING = ("paper", "max_concurrent_trials", "analyses")
+
+
+def definition(study: Study) -> dict[str, Any]:
+    """What ``study`` says its trials are, as JSON values: every field but ``NOT_DEFINING``."""
+    values = {f.name: getattr(study, f.name) for f in dataclasses.fields(study) if f.name not in NOT_DEFINING}
+    return json.loads(json.dumps(values, default=_param_json))
+
+
+def _param_json(param: Any) -> dict[str, Any]:
+    return {"kind": type(param).__name__, **dataclasses.asdict(param)}
+
+
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``field: old -> new`` for each field of two ``definition``s that differs, dict fields by key."""
+    out = []
+    for name in sorted(set(saved) | set(current)):
+        old, new = saved.get(name), current.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            out += [f"{name}[{k!r}]: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
+        elif old != new:
+            out.append(f"{name}: {old!r} -> {new!r}")
+    return out
 
 
 def folder_of(target: str | Path, storage: str | Path) -> Path:
@@ -93,9 +129,14 @@ def read_trials(folder: Path) -> list[SavedTrial]:
     """The trials in the newest experiment state of ``folder``, read as JSON, without Ray."""
     state = max(folder.glob(STATE_FILES))  # the newest session's: names end in its start time
     live = time.time() - state.stat().st_mtime <= LIVE_STATE_S
+    try:
+        pairs = json.loads(state.read_text())["trial_data"]
+        saved = [(json.loads(trial), json.loads(metadata)) for trial, metadata in pairs]
+    except (ValueError, KeyError, TypeError) as error:
+        cause = f"{type(error).__name__}: {error}"
+        raise ConfigError(f"{state}: Tune's saved state cannot be read ({cause})") from None
     trials = []
-    for trial_json, metadata_json in json.loads(state.read_text())["trial_data"]:
-        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
+    for trial, metadata in saved:
         status = "PENDING" if trial["status"] == "RUNNING" and not live else trial["status"]
         trials.append(
             SavedTrial(
@@ -114,3 +155,46 @@ def read_trials(folder: Path) -> list[SavedTrial]:
 def trial_status(status: str, last_result: Mapping[str, Any]) -> str:
     """Tune's status, with TERMINATED split into finished and PRUNED (stopped by ASHA or the time budget)."""
     return "PRUNED" if status == "TERMINATED" and not last_result.get("final") else status
+
+
+def run_folder(spec: TrialSpec, trial_id: str) -> Path:
+    """The Ray Train run of trial ``trial_id``: its checkpoints, and when the trial first started."""
+    return Path(spec.train_storage) / f"train-{trial_id}"
+
+
+def finished_metrics(run: Path) -> dict[str, Any] | None:
+    """The final metrics of a trial's run, once its newest checkpoint holds them (the record a
+    finished trial is counted from, whatever Tune last saved); None while it has not finished."""
+    for folder in sorted(run.glob("checkpoint_*"), reverse=True):  # names end in their time
+        if (folder / "metrics.json").is_file() and (folder / "ranks.parquet").is_file():
+            import pyarrow.parquet
+
+            try:
+                pyarrow.parquet.read_metadata(folder / "ranks.parquet")
+                return json.loads((folder / "metrics.json").read_text())
+            except (json.JSONDecodeError, pyarrow.ArrowInvalid):  # a copy cut short: not finished yet
+                return None
+    return None
+
+
+def started_at(run: Path) -> str | None:
+    """When the trial first started (a resumed or retried trial keeps its first start)."""
+    path = run / STARTED_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def final_row(metrics: dict[str, Any], config: RunConfig, started: str | None) -> dict[str, Any]:
+    """What a finished trial reports to Tune: flat final metrics, cost and provenance."""
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {
+        **numbers,
+        "final": 1,
+        "git_commit": metrics["git"]["commit"],
+        "git_dirty": metrics["git"]["dirty"],
+        "versions": json.dumps(metrics["versions"], sort_keys=True),
+        "data_hash": metrics["data_hash"],
+        "hardware": f"{config.train.workers} x {metrics['device']} on {metrics['host']}",
+        "nodes": ",".join(dict.fromkeys(metrics.get("nodes", []))),
+        "started": started,
+        "ended": metrics.get("ended"),
+    }

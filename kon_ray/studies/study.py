@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import math
+import re
+import sys
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,10 @@ from kon_ray.overrides import check as _check
 from kon_ray.paper import ANALYSES, PaperValues, Published
 
 SCHEDULERS = ("asha",)
+RANKING = ("mrr", "hits@1", "hits@3", "hits@10")
+STUDY_METRICS = tuple(f"valid.{direction}{m}" for direction in ("", "tail.", "head.") for m in RANKING)
+"""What a study may rank its trials by: the validation metrics that every trial reports."""
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,10 @@ class Study:
                 object.__setattr__(self, name, dict(value))
         object.__setattr__(self, "seeds", tuple(self.seeds))
         object.__setattr__(self, "analyses", tuple(self.analyses))
-        _check(bool(self.name) and "/" not in self.name, f"name={self.name!r}: must be non-empty, without '/'")
+        _check(
+            isinstance(self.name, str) and PLAIN_NAME.fullmatch(self.name) is not None,
+            f"name={self.name!r}: must be a plain name: letters, digits, '_', '-' and '.', not first",
+        )
         if self.grid is not None:
             _check(bool(self.grid), "grid={}: empty grid; give at least one key and its values")
             for key, values in self.grid.items():
@@ -146,10 +156,13 @@ class Study:
             all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds),
             f"seeds={self.seeds}: each train.seed must be an integer >= 0",
         )
-        _check(bool(self.metric), "metric='': name a reported metric, e.g. 'valid.mrr'")
         _check(
             not self.metric.startswith("test."),
             f"metric={self.metric!r}: never tune on the test split; use a 'valid.' metric",
+        )
+        _check(
+            self.metric in STUDY_METRICS,
+            f"metric={self.metric!r}: trials report no such metric; one of {', '.join(STUDY_METRICS)}",
         )
         _check(self.mode in ("max", "min"), f"mode={self.mode!r}: must be 'max' or 'min'")
         _check(self.max_concurrent_trials >= 1, f"max_concurrent_trials={self.max_concurrent_trials}: must be >= 1")
@@ -216,6 +229,13 @@ def load_study(path: str | Path) -> Study:
         spec.loader.exec_module(module)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+    except SyntaxError as error:
+        raise ConfigError(f"{path}:{error.lineno}: {type(error).__name__}: {error.msg}") from None
+    except Exception as error:  # the study file is code: name its line that failed
+        frames = traceback.extract_tb(sys.exc_info()[2])
+        lines = [frame.lineno for frame in frames if frame.filename == str(path)]
+        where = f"{path}:{lines[-1]}" if lines else str(path)
+        raise ConfigError(f"{where}: {type(error).__name__}: {error}") from None
     study = getattr(module, "study", None)
     if not isinstance(study, Study):
         raise ConfigError(f"{path}: exports no `study = Study(...)` (found {type(study).__name__})")

@@ -17,7 +17,17 @@ import pandas as pd
 
 from kon_ray.config import RunConfig
 from kon_ray.results import write_atomic
-from kon_ray.studies.folder import TrialSpec, has_trials, read_spec, read_trials, trial_status
+from kon_ray.studies.folder import (
+    TrialSpec,
+    final_row,
+    finished_metrics,
+    has_trials,
+    read_spec,
+    read_trials,
+    run_folder,
+    started_at,
+    trial_status,
+)
 
 METRICS = tuple(f"{split}.{m}" for split in ("valid", "test") for m in ("mrr", "hits@1", "hits@3", "hits@10"))
 COST = ("trainable_params", "step_time_s", "train_time_s", "device_hours")
@@ -40,12 +50,17 @@ def study_table(folder: Path) -> pd.DataFrame:
     for trial in read_trials(folder):
         result, params = trial.last_result, dict(trial.config)
         config = spec.config(params)
+        status = trial_status(trial.status, result)
+        run = run_folder(spec, trial.trial_id)
+        finished = None if result.get("final") else finished_metrics(run)
+        if finished is not None:  # the run holds its final result; Tune's saved state lags it
+            result, status = {**result, **final_row(finished, config, started_at(run))}, "TERMINATED"
         t = config.train
         train_time = result.get("train_time_s")
         rows.append({
             "study": spec.study,
             "trial_id": trial.trial_id,
-            "status": trial_status(trial.status, result),
+            "status": status,
             "seed": params.get("seed"),
             "error": _error(trial.path),
             "failures": trial.num_failures,

@@ -1,17 +1,20 @@
-"""Running a study on Ray Tune: one Tune trial per config, each a Ray Train run of ``distributed.worker``.
+"""Running a study on Ray Tune: one Tune trial per config.
 
-A trial launches a ``TorchTrainer`` named ``train-<trial_id>`` under the study's folder, so a
-retried or resumed trial continues from its own latest checkpoint. Validation reports reach Tune
-(for ASHA and progress); the trial then reports its final metrics and provenance once.
+A one-worker trial trains in its Tune trial's own process (``inline``, which Tune reuses for the
+next trial); a trial of more workers launches a ``TorchTrainer`` running ``distributed.worker``.
+Either way its run, ``train-<trial_id>`` under the study's folder, holds a checkpoint per
+validation, so a retried or resumed trial continues from its own latest one, and a finished run's
+final result, which a resume reports without training again. Validation reports reach Tune (for
+ASHA and progress); the trial then reports its final metrics and provenance once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,13 +27,27 @@ from kon_ray.distributed import (
     check_resources,
     cluster_nodes,
     cpus_per_worker,
+    resolve_cpus,
     start_ray,
     total_resources,
+    worker_resources,
     worker_slots,
 )
 from kon_ray.paper import published_to_json
-from kon_ray.results import write_json
-from kon_ray.studies.folder import SPEC_FILE, TrialSpec, experiment_dir
+from kon_ray.results import now, write_atomic, write_json
+from kon_ray.studies.folder import (
+    SPEC_FILE,
+    STARTED_FILE,
+    TrialSpec,
+    definition,
+    differences,
+    experiment_dir,
+    final_row,
+    finished_metrics,
+    read_spec,
+    run_folder,
+    started_at,
+)
 from kon_ray.studies.study import Study, check_study, trial_count
 
 log = logging.getLogger(__name__)
@@ -39,43 +56,83 @@ SLOT = "trial_slot"  # a 0-CPU resource a trial's driver holds, so that only wor
 ASHA_MAX_REPORTS = 1000
 
 
-def final_row(metrics: dict[str, Any], config: RunConfig, started: str) -> dict[str, Any]:
-    """What a finished trial reports to Tune: flat final metrics, cost and provenance."""
-    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    return {
-        **numbers,
-        "final": 1,
-        "git_commit": metrics["git"]["commit"],
-        "git_dirty": metrics["git"]["dirty"],
-        "versions": json.dumps(metrics["versions"], sort_keys=True),
-        "data_hash": metrics["data_hash"],
-        "hardware": f"{config.train.workers} x {metrics['device']} on {metrics['host']}",
-        "nodes": ",".join(dict.fromkeys(metrics.get("nodes", []))),
-        "started": started,
-        "ended": _now(),
-    }
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+def check_resume(
+    study: Study, source: str | Path, folder: Path, overrides: Mapping[str, Any], force: bool
+) -> dict[str, Any]:
+    """The overrides a resume runs with: the first run's. A changed study file is refused unless
+    ``force`` (trials still to run then follow the file as it is now)."""
+    saved = read_spec(folder)
+    if overrides and dict(overrides) != dict(saved.extra):
+        raise ConfigError(
+            f"--resume: overrides {dict(overrides)} differ from the run's {dict(saved.extra)}; give none"
+        )
+    changed = differences(saved.definition, definition(study)) if saved.definition else []
+    if changed and not force:
+        raise ConfigError(
+            f"--resume: {source} changed since {folder} ran ({'; '.join(changed[:5])}); "
+            "undo the change, or pass --force to resume with the file as it is now"
+        )
+    if changed:
+        log.warning(
+            "%s: %s changed since it ran (%s); resuming (--force)", study.name, source, "; ".join(changed)
+        )
+    return dict(saved.extra)
 
 
 def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
-    """The Tune function trainable: one Ray Train run, resumed from its checkpoint if it has one."""
+    """The Tune function trainable: one trial, resumed from its run's checkpoint if it has one.
+
+    A one-worker trial trains in this process (``inline``); more workers run as a Ray Train run.
+    A run that already holds its final result (its driver stopped before Tune saved that) reports
+    it again without training or starting any worker.
+    """
     from ray import tune
 
-    from kon_ray.studies.callbacks import ValidationToTune
-
     config = spec.config(params)
-    started = _now()
-    name = f"train-{tune.get_context().get_trial_id()}"
-    trainer = build_trainer(config, name, spec.train_storage, 0, [ValidationToTune()])
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    with result.checkpoint.as_directory() as folder:
-        metrics = json.loads((Path(folder) / "metrics.json").read_text())
-    tune.report(final_row(metrics, config, started))
+    trial_id = tune.get_context().get_trial_id()
+    run = run_folder(spec, trial_id)
+    if started_at(run) is None:
+        write_atomic(run / STARTED_FILE, now().encode())
+    metrics = finished_metrics(run)
+    if metrics is not None:
+        log.info("trial %s: its run had finished; reporting its result without starting it again", trial_id)
+    elif config.train.workers == 1:
+        from kon_ray.studies.inline import run_inline
+
+        metrics = run_inline(config, run)
+    else:
+        from kon_ray.studies.callbacks import ValidationToTune
+
+        trainer = build_trainer(config, run.name, spec.train_storage, 0, [ValidationToTune()])
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        with result.checkpoint.as_directory() as folder:
+            metrics = json.loads((Path(folder) / "metrics.json").read_text())
+    tune.report(final_row(metrics, config, started_at(run)))
+
+
+def trial_spec(study: Study, folder: Path, extra: Mapping[str, Any]) -> TrialSpec:
+    """What every trial of ``study`` in ``folder`` shares, ``extra`` on top of every trial."""
+    return TrialSpec(
+        study=study.name,
+        base=dict(study.base),
+        variants=study.variants or {},
+        extra=dict(extra),
+        varied=study.varied,
+        metric=study.metric,
+        mode=study.mode,
+        trials=trial_count(study),
+        train_storage=str(folder / "train"),
+        analyses=study.analyses,
+        paper=published_to_json(study.paper),
+        definition=definition(study),
+    )
+
+
+def save_spec(folder: Path, spec: TrialSpec, overrides: Mapping[str, Any]) -> None:
+    """Write ``study.json``: ``spec`` with the command line's ``overrides`` as its ``extra``."""
+    write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides)})
 
 
 def plan_resources(
@@ -121,16 +178,16 @@ def run_study(
     storage: str | Path = "runs/studies",
     address: str | None = None,
     resume: bool = False,
+    force: bool = False,
 ) -> pd.DataFrame:
-    """Run (or with ``resume``, finish) ``study``; return and export its result table."""
+    """Run (or with ``resume``, finish) ``study``; return and export its result table.
+
+    ``force`` resumes a study whose file changed since it ran."""
     from kon_ray.studies.table import export_table, study_table
 
     folder = experiment_dir(study, storage)
     if resume and (folder / SPEC_FILE).is_file():
-        saved = json.loads((folder / SPEC_FILE).read_text())["extra"]
-        if overrides and dict(overrides) != saved:
-            raise ConfigError(f"--resume: overrides {dict(overrides)} differ from the run's {saved}; resume with none")
-        overrides = saved
+        overrides = check_resume(study, source, folder, overrides, force)
     configs = check_study(study, source, overrides)
     start_ray(address, resources={SLOT: 1024})
     from ray import tune
@@ -138,27 +195,23 @@ def run_study(
     nodes = cluster_nodes()
     concurrent, cpus, driver = plan_resources(study, configs, total_resources(nodes), nodes)
     extra = {**overrides, **({"train.cpus_per_worker": cpus} if cpus is not None and "train.cpus_per_worker" not in overrides else {})}
-    spec = TrialSpec(
-        study=study.name,
-        base=dict(study.base),
-        variants=study.variants or {},
-        extra=extra,
-        varied=study.varied,
-        metric=study.metric,
-        mode=study.mode,
-        trials=trial_count(study),
-        train_storage=str(folder / "train"),
-        analyses=study.analyses,
-        paper=published_to_json(study.paper),
-    )
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
+    spec = trial_spec(study, folder, extra)
+    inline = all(c.train.workers == 1 for c in configs)  # each trial trains in its own process
+    resources = _worker_request(spec, nodes) if inline else driver
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
     if tune.Tuner.can_restore(str(folder)):
         if not resume:
             raise ConfigError(f"{folder}: this study has run before; pass --resume to finish it (or another --storage)")
         log.info("%s: resuming from %s", study.name, folder)
-        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
+        except (ValueError, EOFError, pickle.UnpicklingError) as error:
+            cause = f"{type(error).__name__}: {error}"
+            raise ConfigError(f"{folder}: Tune's saved state cannot be read ({cause})") from None
+        if force:  # trials still to run follow the study file as it is now, and so does the table
+            save_spec(folder, spec, overrides)
     else:
-        write_json(folder / SPEC_FILE, {**spec.to_json(), "extra": dict(overrides)})
+        save_spec(folder, spec, overrides)
         tuner = _new_tuner(study, spec, trainable, folder, concurrent)
     log.info("%s: %d trials, up to %d at once, in %s", study.name, trial_count(study), concurrent, folder)
     logging.getLogger("tensorboardX.summary").setLevel(logging.WARNING)  # renames of 'hits@k' metrics
@@ -167,6 +220,16 @@ def run_study(
     table = study_table(folder)
     export_table(table, folder, study.name)
     return table
+
+
+def _worker_request(spec: TrialSpec, nodes: list[dict[str, float]]) -> Any:
+    """What an inline trial's process asks for: its one worker's CPUs and GPUs."""
+    from ray.tune import PlacementGroupFactory
+
+    def request(params: dict[str, Any]) -> Any:
+        return PlacementGroupFactory([worker_resources(resolve_cpus(spec.config(params), nodes))])
+
+    return request
 
 
 def _new_tuner(study: Study, spec: TrialSpec, trainable: Any, folder: Path, concurrent: int) -> Any:
@@ -201,6 +264,7 @@ def _new_tuner(study: Study, spec: TrialSpec, trainable: Any, folder: Path, conc
             scheduler=scheduler,
             num_samples=study.num_samples,
             max_concurrent_trials=concurrent,
+            reuse_actors=True,  # the next trial runs in a finished one's process, its imports done
             time_budget_s=study.time_budget_minutes * 60 if study.time_budget_minutes else None,
         ),
         run_config=tune.RunConfig(
