@@ -294,7 +294,7 @@ class KONModel(nn.Module):
 
         One module call, so that ZeRO-3 gathers every weight it reads (``external_parameters``).
         """
-        # Entered here, inside the module: DeepSpeed's forward switches off an autocast begun outside it.
+        # Entered here, inside the module: on CUDA DeepSpeed's forward switches off an autocast begun outside.
         device = candidate_tokens.device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast and torch.is_grad_enabled()):
             h = self.hidden(batch)

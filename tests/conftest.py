@@ -88,7 +88,7 @@ def tiny_config(dataset: Path, *overrides: str) -> RunConfig:
             "model.embedded.layers=2",
             "model.embedded.heads=4",
             "model.embedded.intermediate_size=128",
-            "model.embedded.vocab_size=320",
+            "model.embedded.vocab_size=400",
             "loss.negatives=16",
             "train.micro_batch=16",
             "train.grad_accum=1",

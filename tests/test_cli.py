@@ -18,7 +18,7 @@ def stats_rows(out: str) -> dict[str, str]:
 
 
 def test_data_stats_counts_and_truncation(tiny_kg: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["data", "stats", str(tiny_kg), "model.k=2", "model.embedded.vocab_size=320"])
+    main(["data", "stats", str(tiny_kg), "model.k=2", "model.embedded.vocab_size=400"])
     rows = stats_rows(capsys.readouterr().out)
     assert (rows["entities"], rows["relations"], rows["train"]) == ("51", "3", "144")
     assert rows["valid triples also in train"] == "40 (100%)"

@@ -53,8 +53,9 @@ def test_mixed_precision_trains_in_bfloat16_and_ranks_in_float32(tiny_kg: Path) 
 
 
 def test_mixed_precision_survives_the_deepspeed_engine(tiny_kg: Path) -> None:
-    """Training runs the model through DeepSpeed's forward, which switches off an autocast begun
-    outside it: the backbone's matmuls must still run in bfloat16 there, and ranking in float32."""
+    """Training runs the model through DeepSpeed's forward, which on CUDA switches off an autocast
+    begun outside it (KONModel enters its own): the backbone's matmuls run in bfloat16 there, and
+    ranking in float32."""
     from kon_ray.training import init_process_group, make_engine
 
     s = setup(tiny_config(tiny_kg, "model.dtype=mixed"))
