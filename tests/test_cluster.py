@@ -123,8 +123,8 @@ def remove_a_busy_node(cluster: Any, folder: Path, trials: int) -> None:
 
 @pytest.mark.slow
 def test_a_study_completes_after_losing_a_node(cluster: Any, tiny_kg: Path, tmp_path: Path) -> None:
-    """2 trials on three 1-CPU nodes; the node of one is removed mid-training. That trial is retried
-    (the study's max_retries) from its latest checkpoint, and both finish.
+    """2 trials of Ray Train workers on three 1-CPU nodes; a node of one is removed mid-training.
+    That trial is retried (the study's max_retries) from its latest checkpoint, and both finish.
 
     Which node the retried trial's result names is not checked: when the node goes after the
     trial's final report but before Tune has it, the retry finds the finished run's checkpoint and
@@ -135,7 +135,9 @@ def test_a_study_completes_after_losing_a_node(cluster: Any, tiny_kg: Path, tmp_
     study = Study(name="lost", base=tiny_base(tiny_kg), grid={"model.k": [2, 4]}, max_concurrent_trials=2, max_retries=1)
     with ThreadPoolExecutor(1) as pool:
         removed = pool.submit(remove_a_busy_node, cluster, tmp_path / "lost", 2)
-        table = run_study(study, "lost.py", {"train.max_steps": 8}, storage=tmp_path, address=cluster.address)
+        # Ray Train runs (two half-CPU workers a trial), not one-worker trials in their Tune process.
+        ray_train = {"train.max_steps": 8, "train.workers": 2, "train.cpus_per_worker": 0.5}
+        table = run_study(study, "lost.py", ray_train, storage=tmp_path, address=cluster.address)
         removed.result()  # raises if no busy node was found to remove
     assert len(table) == 2 and (table["status"] == "TERMINATED").all() and table["test.mrr"].notna().all()
     assert sorted(table["failures"]) == [0, 1]  # the trial on the lost node, retried once
