@@ -398,3 +398,19 @@ def test_regular_tsv_takes_the_vectorised_reader(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(kg_module, "_read_tsv", line_by_line)
     monkeypatch.setattr(kg_module, "_read_name_file", line_by_line)
     assert load_kg(str(_write(tmp_path / "named", {**NAMED, "entities.tsv": NAMED["entities.tsv"][8:]}))).num_entities == 4
+
+
+def test_embedded_names_after_the_prompt_do_not_start_with_a_lone_space(tiny_kg: Path) -> None:
+    """The embedded tokenizer learns names as the prompts hold them (after a space), so eq. 8's first
+    token carries the name, not a space every entity shares."""
+    from kon_ray.backbone import load_tokenizer
+    from kon_ray.data.prompts import encode_kg
+    from tests.conftest import tiny_config
+
+    config = tiny_config(tiny_kg)
+    kg = load_kg(str(tiny_kg))
+    tokenizer = load_tokenizer(config.model, kg, config.data.prompt)
+    encoded = encode_kg(kg, tokenizer, config.data.prompt, config.model.k)
+    first = encoded.entity_tokens[:, 0].tolist()
+    assert not [t for t in first if not tokenizer.decode([t]).strip()]
+    assert len(set(first)) > kg.num_entities // 4
