@@ -60,8 +60,8 @@ def start_ray(address: str | None, **local: Any) -> None:
 
 def local_runtime_env() -> dict[str, Any]:
     """The runtime environment of a Ray on this machine: the worker set-up hook, and a test's
-    fault plan (``kon_ray.training.faults``) when one is named."""
-    from kon_ray.training.faults import FAULTS_ENV
+    fault plan (``kon_ray.faults``) when one is named."""
+    from kon_ray.faults import FAULTS_ENV
 
     env = {"worker_process_setup_hook": LOCAL_SETUP_HOOK}
     if FAULTS_ENV in os.environ:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kon_ray.config import RunConfig, apply_overrides
-from kon_ray.training.faults import FAULTS_ENV
+from kon_ray.faults import FAULTS_ENV
 
 os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", GLOO_SOCKET_IFNAME="lo")
 
@@ -30,19 +30,27 @@ def _fault_plan_path(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ[FAULTS_ENV] = str(tmp_path_factory.mktemp("faults") / "plan.json")
 
 
+def _arm(tmp_path: Path, fault: str, value: float) -> Path:
+    """Plan ``fault`` for the test's Ray processes; returns the marker file it leaves when it happens."""
+    marker = tmp_path / f"fault-{fault}"
+    Path(os.environ[FAULTS_ENV]).write_text(json.dumps({fault: value, "marker": str(marker)}))
+    return marker
+
+
 @pytest.fixture
 def crash_after(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     """``crash_after(n)``: the first process past a checkpoint at step >= n crashes, once; returns
     the marker file that the crash leaves. The plan is removed after the test."""
-    plan = Path(os.environ[FAULTS_ENV])
+    yield lambda step: _arm(tmp_path, "crash_after_step", step)
+    Path(os.environ[FAULTS_ENV]).unlink(missing_ok=True)
 
-    def arm(step: int) -> Path:
-        marker = tmp_path / "crashed"
-        plan.write_text(json.dumps({"crash_after_step": step, "marker": str(marker)}))
-        return marker
 
-    yield arm
-    plan.unlink(missing_ok=True)
+@pytest.fixture
+def stall_final_report(tmp_path: Path) -> Iterator[Callable[[float], Path]]:
+    """``stall_final_report(s)``: the first study trial whose run holds its final result sleeps ``s``
+    seconds before reporting it to Tune; returns the marker file that the stall leaves."""
+    yield lambda seconds: _arm(tmp_path, "stall_before_final_report_s", seconds)
+    Path(os.environ[FAULTS_ENV]).unlink(missing_ok=True)
 
 
 def write_tiny_kg(folder: Path, seed: int = 0) -> Path:

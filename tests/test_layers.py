@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("kon_ray", "kon_ray.config", "kon_ray.overrides", "kon_ray.settings", "kon_ray.results",
-     "kon_ray.paper", "kon_ray.console"),
+     "kon_ray.paper", "kon_ray.console", "kon_ray.faults"),
     ("kon_ray.data",),
     ("kon_ray.model",),
     ("kon_ray.losses",),

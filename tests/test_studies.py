@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from kon_ray.config import ConfigError, RunConfig, flatten
@@ -214,31 +215,53 @@ def tune_saved(folder: Path) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in (json.loads(trial) for trial, _ in state["trial_data"])}
 
 
+def kill_tree(driver: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the driver and every process under it, and wait until all are gone. Ray's worker
+    processes (an inline trial trains in one) have sessions of their own, out of reach of killpg,
+    and would otherwise go on writing after the kill; each is stopped first, so none starts another,
+    the driver before all (it saves Tune's state)."""
+    root = psutil.Process(driver.pid)
+    root.suspend()
+    processes = {root}
+    while new := {root, *root.children(recursive=True)} - processes:
+        for process in new:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.suspend()
+        processes |= new
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    driver.wait()
+    psutil.wait_procs(list(processes), timeout=30)
+
+
 @pytest.mark.slow
-def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(tiny_kg: Path, tmp_path: Path) -> None:
-    """Two trials at once; kill the driver (and its local Ray) the moment a trial's run has written
-    its final result, before Tune saved that. The trial counts as finished from that record, and
-    --resume reports it without training it again, keeping its real times."""
+def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(
+    tiny_kg: Path, tmp_path: Path, stall_final_report: Callable[[float], Path]
+) -> None:
+    """Two trials at once; kill the driver (and its local Ray) once a trial's run has written its
+    final result and before Tune heard of it (the trial stalls there). The trial counts as finished
+    from that record, and --resume reports it without training it again, keeping its real times."""
     grid = '{"model.k": [2, 4]}'
     body = f'study = Study(name="killed", base={tiny_base(tiny_kg)!r}, grid={grid}, max_concurrent_trials=2, '
     body += 'analyses=("heads_curve",))'
     path, storage = write_study(tmp_path, "killed", body), tmp_path / "runs"
     folder = storage / "killed"
+    stalled = stall_final_report(600)
     driver = subprocess.Popen([*cli("study", "run", str(path), "--storage", str(storage))], start_new_session=True)
     try:
         deadline = time.time() + 300
-        while not finished_runs(folder):
+        while not stalled.exists():
             assert driver.poll() is None and time.time() < deadline, "no trial finished"
             time.sleep(0.1)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
-        driver.wait()
+        kill_tree(driver)
     killed = time.time()
     runs = finished_runs(folder)
     lagging = {
         trial for trial, status in tune_saved(folder).items() if trial in runs and status != "TERMINATED"
     }
-    assert lagging, "Tune had saved every finished trial: the kill came too late to test anything"
+    assert lagging, "Tune had saved every finished trial: the stall did not hold the report back"
     before = {trial: run_record(run) for trial, run in runs.items()}
     table = study_table(folder).set_index("trial_id")
     assert set(table.index[table["status"] == "TERMINATED"]) == set(runs)  # however stale Tune's state

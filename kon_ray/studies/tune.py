@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from kon_ray.config import ConfigError, RunConfig
+from kon_ray import faults
 from kon_ray.distributed import (
     build_trainer,
     check_resources,
@@ -109,6 +110,7 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
             raise result.error
         with result.checkpoint.as_directory() as folder:
             metrics = json.loads((Path(folder) / "metrics.json").read_text())
+    faults.before_final_report()
     tune.report(final_row(metrics, config, started_at(run)))
 
 

@@ -16,7 +16,7 @@ from kon_ray import losses
 from kon_ray.checkpoint import LoopState, trainable_state
 from kon_ray.console import FILE_ONLY
 from kon_ray.data import Queries, both_directions, sample_negatives
-from kon_ray.training import faults
+from kon_ray import faults
 from kon_ray.training.engine import Schedule
 from kon_ray.training.evaluate import evaluate
 from kon_ray.training.setup import Setup, trainable_parameters
