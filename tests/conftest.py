@@ -30,26 +30,34 @@ def _fault_plan_path(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ[FAULTS_ENV] = str(tmp_path_factory.mktemp("faults") / "plan.json")
 
 
-def _arm(tmp_path: Path, fault: str, value: float) -> Path:
-    """Plan ``fault`` for the test's Ray processes; returns the marker file it leaves when it happens."""
+def _arm(tmp_path: Path, fault: str, step: int = 0, seconds: float = 0.0) -> Path:
+    """Plan ``fault`` (``kon_ray.faults``) for the test's Ray processes; returns the marker file that
+    it leaves, holding the pid of the process it happened in."""
     marker = tmp_path / f"fault-{fault}"
-    Path(os.environ[FAULTS_ENV]).write_text(json.dumps({fault: value, "marker": str(marker)}))
+    plan = {"fault": fault, "step": step, "seconds": seconds, "marker": str(marker)}
+    Path(os.environ[FAULTS_ENV]).write_text(json.dumps(plan))
     return marker
 
 
 @pytest.fixture
 def crash_after(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
-    """``crash_after(n)``: the first process past a checkpoint at step >= n crashes, once; returns
-    the marker file that the crash leaves. The plan is removed after the test."""
+    """``crash_after(n)``: the first process past a checkpoint at step >= n crashes, once."""
     yield lambda step: _arm(tmp_path, "crash_after_step", step)
+    Path(os.environ[FAULTS_ENV]).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def stall_after(tmp_path: Path) -> Iterator[Callable[[int, float], Path]]:
+    """``stall_after(n, s)``: the first process past a checkpoint at step >= n sleeps ``s`` seconds, once."""
+    yield lambda step, seconds: _arm(tmp_path, "stall_after_step", step, seconds)
     Path(os.environ[FAULTS_ENV]).unlink(missing_ok=True)
 
 
 @pytest.fixture
 def stall_final_report(tmp_path: Path) -> Iterator[Callable[[float], Path]]:
     """``stall_final_report(s)``: the first study trial whose run holds its final result sleeps ``s``
-    seconds before reporting it to Tune; returns the marker file that the stall leaves."""
-    yield lambda seconds: _arm(tmp_path, "stall_before_final_report_s", seconds)
+    seconds before reporting it to Tune."""
+    yield lambda seconds: _arm(tmp_path, "stall_before_final_report", seconds=seconds)
     Path(os.environ[FAULTS_ENV]).unlink(missing_ok=True)
 
 

@@ -3,6 +3,7 @@ on a simulated multi-node Ray cluster (``ray.cluster_utils.Cluster``, every node
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -105,39 +106,44 @@ def test_a_study_spreads_its_trials_over_the_nodes(cluster: Any, tiny_kg: Path, 
     assert used <= {n.node_id for n in cluster.worker_nodes} and len(used) > 1  # never on the head
 
 
-def remove_a_busy_node(cluster: Any, folder: Path, trials: int) -> None:
-    """Once every trial has reported a validation, kill a worker node that runs one of them."""
-    import ray._private.state
+def remove_the_stalled_node(cluster: Any, stalled: Path) -> None:
+    """Once a trial's process stalls mid-training, remove the worker node it runs on."""
+    import psutil
 
     deadline = time.time() + 300
-    while time.time() < deadline:
-        if sum(1 for p in folder.glob("*/result.json") if p.stat().st_size) >= trials:
-            free = ray._private.state.available_resources_per_node()
-            busy = [n for n in cluster.worker_nodes if free.get(n.node_id, {}).get("CPU", 0.0) < 1]
-            if busy:
-                cluster.remove_node(busy[0])
-                return
+    while not (stalled.is_file() and stalled.read_text()):
+        assert time.time() < deadline, "no trial reached its stall"
         time.sleep(0.2)
-    raise AssertionError("no trial was training after every trial's first validation")
+    ancestors = {p.pid for p in psutil.Process(int(stalled.read_text())).parents()}
+    (node,) = (n for n in cluster.worker_nodes if n.all_processes["raylet"][0].process.pid in ancestors)
+    cluster.remove_node(node)
 
 
 @pytest.mark.slow
-def test_a_study_completes_after_losing_a_node(cluster: Any, tiny_kg: Path, tmp_path: Path) -> None:
-    """2 trials of Ray Train workers on three 1-CPU nodes; a node of one is removed mid-training.
-    That trial is retried (the study's max_retries) from its latest checkpoint, and both finish.
-
-    Which node the retried trial's result names is not checked: when the node goes after the
-    trial's final report but before Tune has it, the retry finds the finished run's checkpoint and
-    returns that first attempt's result, which names the lost node.
-    """
+@pytest.mark.parametrize(
+    "workers",
+    [
+        pytest.param({}, id="inline"),  # one worker: the trial trains in its Tune process
+        pytest.param({"train.workers": 2, "train.cpus_per_worker": 0.5}, id="ray-train"),
+    ],
+)
+def test_a_study_completes_after_losing_a_node(
+    cluster: Any, tiny_kg: Path, tmp_path: Path, stall_after: Any, workers: dict[str, Any]
+) -> None:
+    """2 trials at once on three 1-CPU nodes; the node of one is removed while that trial trains
+    (stalled after its checkpoint at step 4). That trial is retried (the study's max_retries) from
+    its latest checkpoint, and both finish."""
     from kon_ray.studies.tune import run_study
 
     study = Study(name="lost", base=tiny_base(tiny_kg), grid={"model.k": [2, 4]}, max_concurrent_trials=2, max_retries=1)
+    stalled = stall_after(4, 600)
     with ThreadPoolExecutor(1) as pool:
-        removed = pool.submit(remove_a_busy_node, cluster, tmp_path / "lost", 2)
-        # Ray Train runs (two half-CPU workers a trial), not one-worker trials in their Tune process.
-        ray_train = {"train.max_steps": 8, "train.workers": 2, "train.cpus_per_worker": 0.5}
-        table = run_study(study, "lost.py", ray_train, storage=tmp_path, address=cluster.address)
-        removed.result()  # raises if no busy node was found to remove
+        removed = pool.submit(remove_the_stalled_node, cluster, stalled)
+        table = run_study(study, "lost.py", {"train.max_steps": 8, **workers}, storage=tmp_path, address=cluster.address)
+        removed.result()
     assert len(table) == 2 and (table["status"] == "TERMINATED").all() and table["test.mrr"].notna().all()
     assert sorted(table["failures"]) == [0, 1]  # the trial on the lost node, retried once
+    lost = table.loc[table["failures"] == 1, "trial_id"].item()
+    (results,) = (tmp_path / "lost").glob(f"*{lost}*/result.json")
+    steps = [r["step"] for r in map(json.loads, results.read_text().splitlines()) if "final" not in r]
+    assert steps == [2, 4, 6, 8]  # validations every 2 steps; the retry resumed after step 4's checkpoint

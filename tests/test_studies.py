@@ -23,7 +23,7 @@ from kon_ray.config import ConfigError, RunConfig, flatten
 from kon_ray.studies import Study, check_study, load_study
 from kon_ray.studies.folder import LIVE_STATE_S
 from kon_ray.studies.table import METRICS, study_table
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_tiny_kg
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "studies").glob("*.py"))
@@ -129,7 +129,8 @@ def test_user_errors_end_in_one_line_and_exit_2(
 def test_resume_refuses_a_changed_study_file(tiny_kg: Path, tmp_path: Path) -> None:
     import ray
 
-    from kon_ray.studies.tune import check_resume, run_study, save_spec, trial_spec
+    from kon_ray.studies.resume import check_resume
+    from kon_ray.studies.tune import run_study, save_spec, trial_spec
 
     study = Study(name="x", base=tiny_base(tiny_kg), grid={"model.k": [2, 4]}, max_concurrent_trials=2)
     folder = tmp_path / "x"
@@ -237,13 +238,14 @@ def kill_tree(driver: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.slow
 def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(
-    tiny_kg: Path, tmp_path: Path, stall_final_report: Callable[[float], Path]
+    tmp_path: Path, stall_final_report: Callable[[float], Path]
 ) -> None:
     """Two trials at once; kill the driver (and its local Ray) once a trial's run has written its
     final result and before Tune heard of it (the trial stalls there). The trial counts as finished
     from that record, and --resume reports it without training it again, keeping its real times."""
+    kg = write_tiny_kg(tmp_path / "kg")  # its own copy: the end of the test changes it
     grid = '{"model.k": [2, 4]}'
-    body = f'study = Study(name="killed", base={tiny_base(tiny_kg)!r}, grid={grid}, max_concurrent_trials=2, '
+    body = f'study = Study(name="killed", base={tiny_base(kg)!r}, grid={grid}, max_concurrent_trials=2, '
     body += 'analyses=("heads_curve",))'
     path, storage = write_study(tmp_path, "killed", body), tmp_path / "runs"
     folder = storage / "killed"
@@ -304,6 +306,12 @@ def test_killed_driver_resumes_without_rerunning_or_losing_a_trial(
     stale = time.time() - LIVE_STATE_S - 60
     os.utime(state, (stale, stale))
     assert study_table(folder).set_index("trial_id").loc[trial["trial_id"], "status"] == "PENDING"
+    # A resume on a changed KG is refused before Ray starts, naming a trial and both data hashes.
+    with (kg / "train.tsv").open("a") as f:
+        f.write("Kalomi\tfriendOf\tCity of Vi\n")
+    refused = subprocess.run(cli("study", "run", str(path), "--storage", str(storage), "--resume"), capture_output=True, text=True)
+    assert refused.returncode == 2 and "Started a local Ray" not in refused.stderr, refused.stderr
+    assert re.search(r"trial \w+ of .* ran on other data \(data.dataset=.*: data hash [0-9a-f]{64} -> [0-9a-f]{64}\)", refused.stderr)
 
 
 @pytest.fixture(scope="module")

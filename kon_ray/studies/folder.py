@@ -177,6 +177,20 @@ def finished_metrics(run: Path) -> dict[str, Any] | None:
     return None
 
 
+def saved_data_hash(run: Path) -> str | None:
+    """The data hash of the KG a trial's run trained on: from its final metrics, else from its newest
+    checkpoint; None before its first checkpoint."""
+    finished = finished_metrics(run)
+    if finished is not None:
+        return finished["data_hash"]
+    for state in sorted(run.glob("checkpoint_*/state.json"), reverse=True):
+        try:
+            return json.loads(state.read_text())["identity"]["data_hash"]
+        except (json.JSONDecodeError, KeyError):  # cut short, or an older kon-ray's: the resume says so
+            continue
+    return None
+
+
 def started_at(run: Path) -> str | None:
     """When the trial first started (a resumed or retried trial keeps its first start)."""
     path = run / STARTED_FILE

@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from kon_ray.config import ConfigError, RunConfig
 from kon_ray import faults
+from kon_ray.config import ConfigError, RunConfig
 from kon_ray.distributed import (
     build_trainer,
     check_resources,
@@ -41,43 +41,19 @@ from kon_ray.studies.folder import (
     STARTED_FILE,
     TrialSpec,
     definition,
-    differences,
     experiment_dir,
     final_row,
     finished_metrics,
-    read_spec,
     run_folder,
     started_at,
 )
+from kon_ray.studies.resume import check_resume, check_same_data
 from kon_ray.studies.study import Study, check_study, trial_count
 
 log = logging.getLogger(__name__)
 
 SLOT = "trial_slot"  # a 0-CPU resource a trial's driver holds, so that only workers take CPUs
 ASHA_MAX_REPORTS = 1000
-
-
-def check_resume(
-    study: Study, source: str | Path, folder: Path, overrides: Mapping[str, Any], force: bool
-) -> dict[str, Any]:
-    """The overrides a resume runs with: the first run's. A changed study file is refused unless
-    ``force`` (trials still to run then follow the file as it is now)."""
-    saved = read_spec(folder)
-    if overrides and dict(overrides) != dict(saved.extra):
-        raise ConfigError(
-            f"--resume: overrides {dict(overrides)} differ from the run's {dict(saved.extra)}; give none"
-        )
-    changed = differences(saved.definition, definition(study)) if saved.definition else []
-    if changed and not force:
-        raise ConfigError(
-            f"--resume: {source} changed since {folder} ran ({'; '.join(changed[:5])}); "
-            "undo the change, or pass --force to resume with the file as it is now"
-        )
-    if changed:
-        log.warning(
-            "%s: %s changed since it ran (%s); resuming (--force)", study.name, source, "; ".join(changed)
-        )
-    return dict(saved.extra)
 
 
 def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
@@ -190,6 +166,7 @@ def run_study(
     folder = experiment_dir(study, storage)
     if resume and (folder / SPEC_FILE).is_file():
         overrides = check_resume(study, source, folder, overrides, force)
+        check_same_data(folder)
     configs = check_study(study, source, overrides)
     start_ray(address, resources={SLOT: 1024})
     from ray import tune
