@@ -207,8 +207,8 @@ def _config(args: argparse.Namespace) -> None:
 def _user_errors() -> tuple[type[Exception], ...]:
     """ConfigError, and KGFormatError once the data layer is loaded (only it raises one): importing it
     up front would load torch into the commands that only read JSON."""
-    kg = sys.modules.get("kon_ray.data.kg")
-    return (ConfigError,) if kg is None else (ConfigError, kg.KGFormatError)
+    lines = sys.modules.get("kon_ray.data.lines")
+    return (ConfigError,) if lines is None else (ConfigError, lines.KGFormatError)
 
 
 def _export(args: argparse.Namespace) -> None:

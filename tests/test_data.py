@@ -362,7 +362,7 @@ def test_encoding_cache_follows_the_tokenizer_contents_not_its_name(tmp_path: Pa
 def test_vectorised_tsv_reader_matches_the_line_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named: bool
 ) -> None:
-    from kon_ray.data import kg as kg_module
+    from kon_ray.data import tsv_format
 
     rng = np.random.default_rng(0)
     ids = [f"{i:08d}" if i % 2 else f"Q{i}" for i in range(300)]
@@ -377,7 +377,7 @@ def test_vectorised_tsv_reader_matches_the_line_reader(
         files["relations.tsv"] = "".join(f"r_{r}\trelation {r}\n" for r in range(7))
     folder = _write(tmp_path / "kg", files)
     fast = load_kg(str(folder))
-    monkeypatch.setattr(kg_module, "_load_tsv_fast", lambda *_: None)
+    monkeypatch.setattr(tsv_format, "_load_tsv_fast", lambda *_: None)
     slow = load_kg(str(folder))
     assert fast.entity_names == slow.entity_names and fast.relation_names == slow.relation_names
     assert fast.digest == slow.digest and fast.duplicates == slow.duplicates
@@ -390,13 +390,13 @@ def test_vectorised_tsv_reader_matches_the_line_reader(
 
 
 def test_regular_tsv_takes_the_vectorised_reader(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from kon_ray.data import kg as kg_module
+    from kon_ray.data import tsv_format
 
     def line_by_line(*_: object) -> None:
         raise AssertionError("the line reader ran on a regular file")
 
-    monkeypatch.setattr(kg_module, "_read_tsv", line_by_line)
-    monkeypatch.setattr(kg_module, "_read_name_file", line_by_line)
+    monkeypatch.setattr(tsv_format, "_read_tsv", line_by_line)
+    monkeypatch.setattr(tsv_format, "_read_name_file", line_by_line)
     assert load_kg(str(_write(tmp_path / "named", {**NAMED, "entities.tsv": NAMED["entities.tsv"][8:]}))).num_entities == 4
 
 
