@@ -79,7 +79,7 @@ def settings_markdown() -> str:
         "# Configuration",
         "",
         "Every setting of a run, as `key=value` overrides take it (`kon-ray train model.k=4`, a study's",
-        "`base`, a benchmark's dotted keys). Generated from the field metadata in `kon_ray/config.py` by",
+        "`base`, a benchmark's dotted keys). Generated from the field metadata in `kon_ray/config/` by",
         "`python -m kon_ray.cli config --markdown > docs/configuration.md`; `kon-ray config [SECTION]`",
         "prints the same. *Paper* is the paper's value where the default differs; why it differs, with",
         "the evidence behind it, is in [defaults.md](defaults.md).",
