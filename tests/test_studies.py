@@ -126,6 +126,18 @@ def test_user_errors_end_in_one_line_and_exit_2(
     assert exit.value.code == 2 and len(err.strip().splitlines()) == 1 and re.search(message, err), err
 
 
+def test_a_study_refused_before_it_runs_leaves_no_folder(
+    tiny_kg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kon_ray.cli import main
+
+    path = write_study(tmp_path, "x", f'study = Study(name="x", base={tiny_base(tiny_kg)!r}, grid={{"model.k": [2]}})')
+    with pytest.raises(SystemExit) as exit:
+        main(["study", "run", str(path), "--storage", str(tmp_path / "runs"), "train.lr=-1"])
+    assert exit.value.code == 2 and "train.lr" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "x").exists()
+
+
 def test_resume_refuses_a_changed_study_file(tiny_kg: Path, tmp_path: Path) -> None:
     import ray
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
 from kon_ray import console
@@ -34,9 +35,16 @@ def run(args: argparse.Namespace) -> None:
 
     study = load_study(args.study)
     folder = experiment_dir(study, args.storage)
+    new = not folder.exists()
     console.open_log(folder)
-    overrides = parse_overrides(args.overrides)
-    table = run_study(study, args.study, overrides, args.storage, args.address, args.resume, force=args.force)
+    try:
+        overrides = parse_overrides(args.overrides)
+        table = run_study(study, args.study, overrides, args.storage, args.address, args.resume, force=args.force)
+    except ConfigError:
+        if new and [p.name for p in folder.iterdir()] == [console.LOG_FILE]:  # refused before it ran
+            console.close_log()
+            shutil.rmtree(folder)
+        raise
     print(status_text(table, read_spec(folder)))
     print(f"results: {folder / study.name}.parquet")
     print(f"TensorBoard: tensorboard --logdir {folder}")
