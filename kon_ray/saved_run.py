@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from kon_ray.checkpoint import MODEL_DIR, MODEL_RECORD, MODEL_WEIGHTS, RunIdentity, load_trainable
+from kon_ray.checkpoint import MODEL_DIR, MODEL_RECORD, MODEL_WEIGHTS, load_trainable
 from kon_ray.config import EMBEDDED, ConfigError, RunConfig, apply_overrides
 from kon_ray.data.prompts import TEMPLATES
 from kon_ray.results import write_atomic, write_json
+from kon_ray.run_identity import RunIdentity
 from kon_ray.studies.folder import SPEC_FILE
 from kon_ray.training.setup import Setup, setup
 

@@ -14,10 +14,10 @@ import pytest
 
 from kon_ray import checkpoint
 from kon_ray.backbone import tokenizer_identity
-from kon_ray.checkpoint import RunIdentity
 from kon_ray.config import ConfigError
 from kon_ray.data.tokenizer import train_tokenizer
 from kon_ray.results import provenance
+from kon_ray.run_identity import RunIdentity, check_same_run
 from kon_ray.training import run
 from tests.conftest import tiny_config
 
@@ -152,9 +152,9 @@ def test_another_tokenizer_or_backbone_is_refused(tmp_path: Path, what: str, cha
     (tmp_path / "state.json").write_text(
         json.dumps({"config": config, "identity": vars(identity()), "provenance": provenance()})
     )
-    checkpoint.check_same_run(tmp_path, config, identity())
+    check_same_run(tmp_path, config, identity())
     with pytest.raises(ConfigError, match=f"{what} .*hash {change['hash'][:16]}"):
-        checkpoint.check_same_run(tmp_path, config, identity(**{what: change}))
+        check_same_run(tmp_path, config, identity(**{what: change}))
 
 
 def test_other_code_or_library_versions_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -164,8 +164,8 @@ def test_other_code_or_library_versions_warn(tmp_path: Path, caplog: pytest.LogC
     old = {**now, "git": {"commit": "0" * 40, "dirty": False}, "versions": versions}
     state = {"config": config, "identity": vars(identity()), "provenance": old}
     (tmp_path / "state.json").write_text(json.dumps(state))
-    with caplog.at_level(logging.WARNING, logger="kon_ray.checkpoint"):
-        checkpoint.check_same_run(tmp_path, config, identity())
+    with caplog.at_level(logging.WARNING, logger="kon_ray.run_identity"):
+        check_same_run(tmp_path, config, identity())
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert f"written at commit {'0' * 40}" in messages and "torch 1.0 when written" in messages
 

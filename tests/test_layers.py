@@ -1,8 +1,8 @@
 """Layers import one way: every import in kon_ray/ and analysis/ (lazy ones included), read with ast.
 
-Low to high: config and results, data, model, losses, evaluation, backbone and checkpoint, training,
-distributed, studies, saved runs (export, predict), bench, analysis, cli. A module imports only its
-own layer or lower ones, and no modules import each other in a circle.
+Low to high: config and results, data, model, losses, evaluation, backbone, run identity and
+checkpoint, training, distributed, studies, saved runs (export, predict), bench, analysis, cli. A
+module imports only its own layer or lower ones, and no modules import each other in a circle.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kon_ray.model",),
     ("kon_ray.losses",),
     ("kon_ray.evaluation", "kon_ray.baseline"),
-    ("kon_ray.backbone", "kon_ray.checkpoint"),
+    ("kon_ray.backbone", "kon_ray.run_identity", "kon_ray.checkpoint"),
     ("kon_ray.training",),
     ("kon_ray.distributed", "kon_ray.train_reports"),
     ("kon_ray.studies",),

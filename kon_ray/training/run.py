@@ -13,10 +13,11 @@ import pandas as pd
 import torch
 
 from kon_ray import checkpoint
-from kon_ray.checkpoint import LoopState, RunIdentity, load_trainable, trainable_state
+from kon_ray.checkpoint import LoopState, load_trainable, trainable_state
 from kon_ray.config import RunConfig
 from kon_ray.evaluation import write_rank_table
 from kon_ray.results import provenance, write_json
+from kon_ray.run_identity import RunIdentity, check_same_run
 from kon_ray.training.engine import init_process_group, make_engine
 from kon_ray.training.evaluate import evaluate
 from kon_ray.training.fit import OnEval, fit
@@ -61,10 +62,10 @@ def train_and_test(
     """
     started = time.time()
     if resume is not None:
-        checkpoint.check_same_run(resume, config.to_dict())  # the settings, before any weight loads
+        check_same_run(resume, config.to_dict())  # the settings, before any weight loads
     s = setup(config, device)
     if resume is not None:
-        checkpoint.check_same_run(resume, config.to_dict(), s.identity)
+        check_same_run(resume, config.to_dict(), s.identity)
     engine, schedule = make_engine(s)
     state, best = LoopState(), None
     if resume is not None:

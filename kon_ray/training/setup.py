@@ -18,11 +18,11 @@ from kon_ray.backbone import (
     resolve_precision,
     tokenizer_identity,
 )
-from kon_ray.checkpoint import RunIdentity
 from kon_ray.config import RunConfig
 from kon_ray.data import AnswerIndex, KnowledgeGraph, check_data, load_kg
 from kon_ray.data.prompts import EncodedKG, encode_kg
 from kon_ray.model import KON, KONModel
+from kon_ray.run_identity import RunIdentity
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
