@@ -72,10 +72,8 @@ class ScoreLoRA(nn.Module):
 
     def forward(self, h: torch.Tensor, output_weight: torch.Tensor) -> torch.Tensor:
         base = h @ output_weight.t()  # (B, K, V)
-        down = self.down.expand(h.shape[1], -1, -1) if self.down.shape[0] == 1 else self.down
-        up = self.up.expand(h.shape[1], -1, -1) if self.up.shape[0] == 1 else self.up
-        low = torch.einsum("bkd,krd->bkr", self.dropout(h), down)
-        return base + self.scale * torch.einsum("bkr,kvr->bkv", low, up)
+        low = torch.einsum("bkd,krd->bkr", self.dropout(h), self.down)  # a shared adapter's k=1 broadcasts
+        return base + self.scale * torch.einsum("bkr,kvr->bkv", low, self.up)
 
 
 class KON(nn.Module):

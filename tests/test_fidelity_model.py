@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -302,3 +303,43 @@ def test_gradient_reaches_every_trainable_weight() -> None:
     kon.entity_scores(step, tokens, torch.ones(3, 5, K, dtype=torch.bool)).sum().backward()
     for name, p in kon.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_rmsnorm_keeps_a_bfloat16_input_in_bfloat16() -> None:
+    """As LlamaRMSNorm: computed in float32, returned in the input's dtype (under DeepSpeed's bf16)."""
+    norm = RMSNorm(7).to(torch.bfloat16)
+    assert norm(torch.randn(3, 7, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_score_lora_down_init_reaches_its_kaiming_bound() -> None:
+    """kaiming_uniform with a=sqrt(5) draws A_k in [-1/sqrt(d), 1/sqrt(d)], as peft's LoRA A: with
+    (K x r x d) draws the largest comes within 2% of the bound (another `a` would fall short)."""
+    torch.manual_seed(0)
+    lora = ScoreLoRA(8, 64, VOCAB, rank=8, alpha=8, dropout=0.0)
+    bound = 1 / math.sqrt(64)
+    assert 0.98 * bound < lora.down.abs().max() <= bound
+
+
+def test_causal_mask_is_not_saved() -> None:
+    kon = randomised_kon()
+    assert "causal" not in kon.state_dict() and kon.causal.shape == (K, K)
+
+
+def test_all_entity_scoring_refuses_gradients_in_one_line() -> None:
+    kon = randomised_kon()
+    step = kon.step_log_probs(kon(*inputs())).requires_grad_()
+    tokens = torch.zeros(5, K, dtype=torch.long)
+    with pytest.raises(RuntimeError) as refused:
+        kon.entity_scores(step, tokens, torch.ones(5, K, dtype=torch.bool))
+    assert str(refused.value) == "scoring shared candidates is for ranking; train on per-row (B, C, K) candidates"
+
+
+def test_all_entity_scoring_warns_nothing() -> None:
+    """The sparse product's 'beta' warning is silenced where it is made; nothing else is."""
+    kon = randomised_kon()
+    with torch.no_grad():
+        step = kon.step_log_probs(kon(*inputs()))
+    tokens = torch.randint(0, VOCAB, (7, K), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kon.entity_scores(step, tokens, torch.ones(7, K, dtype=torch.bool))

@@ -9,7 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kon_ray.config import ModelConfig
-from kon_ray.model import KON
+from kon_ray.data.prompts import Batch
+from kon_ray.model import KON, KONModel
 
 DIM, VOCAB, K = 32, 50, 4
 
@@ -172,3 +173,59 @@ def test_learnable_step_weights_are_updated_by_the_optimiser() -> None:
 def test_constant_step_weights_are_not_parameters() -> None:
     kon = make_kon(joint_weights="constant")
     assert all(p is not kon.step_weights for p in kon.parameters())
+
+
+def _right_padded(prompts: list[list[int]]) -> Batch:
+    width = max(map(len, prompts))
+    ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts])
+    mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts])
+    return Batch(ids, mask, torch.tensor([len(p) - 1 for p in prompts]))
+
+
+def test_kon_model_reads_h0_at_each_prompts_last_token(llama: LlamaForCausalLM) -> None:
+    """Eq. 1-2 through ``KONModel``: h_0^m is the backbone's last hidden state at each right-padded
+    prompt's own last token, the heads read the backbone's output head (W^S), and ``scores_all``
+    scores shared candidates as ``forward`` does."""
+    kon = randomised(make_kon())
+    model = KONModel(llama, kon).eval()
+    prompts = [[5, 9, 2, 7], [3, 1, 4, 1, 5, 9], [8, 6]]
+    batch = _right_padded(prompts)
+    tokens = torch.randint(0, VOCAB, (2, 6, K), generator=torch.Generator().manual_seed(0))
+    candidates = tokens.reshape(-1, K)[:12].reshape(3, 4, K)  # per row: 4 candidates
+    mask = torch.ones_like(candidates, dtype=torch.bool)
+    with torch.no_grad():
+        h, logits, scores = model(batch, candidates, mask)
+        h0 = torch.stack([llama.model(input_ids=torch.tensor([p])).last_hidden_state[0, -1] for p in prompts])
+        expected = kon(h0, llama.lm_head.weight)
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(scores, kon.entity_scores(kon.step_log_probs(expected), candidates, mask))
+        for row, prompt in enumerate(prompts):
+            torch.testing.assert_close(h[row, len(prompt) - 1], h0[row], atol=1e-5, rtol=1e-5)
+        shared = candidates[0]
+        every = model.scores_all(batch, shared, torch.ones_like(shared, dtype=torch.bool))
+        torch.testing.assert_close(every, model(batch, shared, torch.ones_like(shared, dtype=torch.bool))[2])
+        assert every.shape == (len(prompts), len(shared))
+
+
+def randomised(kon: KON) -> KON:
+    """Every K-ON weight random (zero-initialised ones too), so that eq. 3-7 are all visible."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in kon.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    return kon
+
+
+def test_kon_model_saves_no_frozen_weight_under_any_name() -> None:
+    """A tied output head is the input embedding under a second name: frozen, it is saved under neither."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=DIM, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)  # fmt: skip
+    backbone = LlamaForCausalLM(config)
+    backbone.requires_grad_(False)
+    backbone.model.norm.weight.requires_grad_(True)  # one backbone weight left trainable
+    model = KONModel(backbone, make_kon())
+    saved = set(model.state_dict())
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert saved == trainable and "backbone.model.norm.weight" in saved
+    assert not {"backbone.lm_head.weight", "backbone.model.embed_tokens.weight"} & saved
