@@ -15,7 +15,7 @@ import torch
 from kon_ray.data import AnswerIndex, Queries, sample_negatives, sample_negatives_reference
 from kon_ray.data.negatives import _member
 
-MIXED_DIGEST = "53c6ad2f80ee85f9"
+MIXED_DIGEST = "cd2b45248a1335c6"
 """sha256 (first 16 hex digits) of the mixed batch's negatives for seed 3, as this sampler draws them."""
 
 
@@ -48,13 +48,15 @@ def test_sampler_rejects_no_negatives() -> None:
 
 
 def _mixed_batch() -> tuple[AnswerIndex, Queries]:
-    """40 entities, |N|=8: rows drawn by redrawing repeats (anchors 2-9, about 37 allowed), by
-    permutation (anchor 1: 10 allowed), and short ones (anchor 0: 6 allowed, then repeats)."""
+    """40 entities, |N|=8: rows drawn by redrawing repeats (anchors 2-9, about 37 allowed; anchor 10,
+    20 allowed), by permutation (anchor 1: 10 allowed; anchor 11: 16, just over half), and short
+    ones (anchor 0: 6 allowed, then repeats)."""
     rng = np.random.default_rng(0)
-    triples = [(0, 0, t) for t in range(1, 34)] + [(1, 0, t) for t in range(2, 31)]
+    answers = {0: range(1, 34), 1: range(2, 31), 10: range(1, 20), 11: range(1, 24)}
+    triples = [(h, 0, t) for h, tails in answers.items() for t in tails]
     triples += [(h, 0, int(rng.integers(0, 40))) for h in range(2, 10) for _ in range(2)]
     index = AnswerIndex.build([np.array(triples)], 40, 1)
-    anchors = np.tile(np.arange(10), 20)
+    anchors = np.tile(np.arange(12), 20)
     zeros = np.zeros(len(anchors), dtype=np.int64)
     return index, Queries(anchors, zeros, zeros, np.where(anchors == 0, 34, 35))
 
@@ -65,7 +67,8 @@ def test_same_seed_same_negatives_on_a_mixed_batch() -> None:
     to it (the draw's dtype, how many numbers a redraw takes, which rows permute) is deliberate."""
     index, queries = _mixed_batch()
     allowed = (~index.mask(queries)).sum(1) - 1
-    assert allowed[0] == 6 and allowed[1] == 10 and (allowed[2:10] > 16).all()  # short, permuted, redrawn
+    assert allowed[0] == 6 and allowed[1] == 10 and allowed[11] == 16  # short, permuted
+    assert (allowed[2:10] > 24).all() and allowed[10] == 20  # redrawn: 2 x 8 < allowed
     draws = [sample_negatives(index, queries, 8, torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
     torch.manual_seed(0)  # the global generator must not matter
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])

@@ -86,9 +86,9 @@ def _none_left(queries: Queries, q: int, n: int) -> ValueError:
 
 
 def _uniform(allowed: np.ndarray, shape: tuple[int, int], generator: torch.Generator) -> np.ndarray:
-    """Integers uniform in [0, allowed[row]) per row."""
+    """Integers uniform in [0, allowed[row]) per row (u < 1, and float64 rounds u * a below a for a < 2^53)."""
     u = torch.rand(shape, dtype=torch.float64, generator=generator).numpy()
-    return np.minimum((u * allowed[:, None]).astype(np.int64), allowed[:, None] - 1)
+    return (u * allowed[:, None]).astype(np.int64)
 
 
 def _draw_ranks(allowed: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
