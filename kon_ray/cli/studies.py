@@ -1,4 +1,4 @@
-"""``kon-ray study validate|run|status|export`` and ``kon-ray report``."""
+"""``kon-ray study validate|run|status|export``."""
 
 from __future__ import annotations
 
@@ -66,27 +66,3 @@ def export(args: argparse.Namespace) -> None:
     spec = read_spec(folder)
     for path in export_table(study_table(folder), Path(args.out) if args.out else folder, spec.study):
         print(path)
-
-
-def report(args: argparse.Namespace) -> None:
-    from analysis.report import StudyInfo, build_report
-    from kon_ray.paper import published_from_json
-    from kon_ray.studies.folder import folder_of, read_spec
-    from kon_ray.studies.table import study_table
-
-    tables, infos = [], []
-    for target in args.studies:
-        folder = folder_of(target, args.storage)
-        spec = read_spec(folder)
-        optuna_db = folder / "optuna.db"
-        storage = f"sqlite:///{optuna_db}" if optuna_db.is_file() else None
-        tables.append(study_table(folder))
-        infos.append(StudyInfo(
-            name=spec.study, analyses=spec.analyses, paper=published_from_json(spec.paper),
-            optuna_storage=storage, optuna_study=spec.study if storage else None,
-        ))  # fmt: skip
-    out = Path(args.out or Path(args.storage) / f"report-{'-'.join(i.name for i in infos)}.html")
-    try:
-        print(f"report: {build_report(tables, out, infos).resolve()}")
-    except ValueError as error:  # e.g. no finished trial yet
-        raise ConfigError(f"study {', '.join(i.name for i in infos)}: {error}") from None
