@@ -67,6 +67,6 @@ out=../../results/mutation
 mkdir -p "$out"
 mutmut export-cicd-stats >/dev/null && cp mutants/mutmut-cicd-stats.json "$out/$module.json"
 mutmut results | awk -F: '{print $1}' | while read -r name; do
-  mutmut show "$name" | grep -E '^(#|[-+] )'
+  mutmut show "$name" | grep -E '^(#|[-+][^-+])'  # the name and the changed lines
 done >"$out/$module-survivors.txt"
 echo "$(grep -c '^#' "$out/$module-survivors.txt") survivors: results/mutation/$module-survivors.txt"

@@ -335,11 +335,16 @@ def test_all_entity_scoring_refuses_gradients_in_one_line() -> None:
 
 
 def test_all_entity_scoring_warns_nothing() -> None:
-    """The sparse product's 'beta' warning is silenced where it is made; nothing else is."""
+    """The sparse product's 'beta' warning (torch warns once a process) is silenced where it is made."""
     kon = randomised_kon()
     with torch.no_grad():
         step = kon.step_log_probs(kon(*inputs()))
     tokens = torch.randint(0, VOCAB, (7, K), generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        kon.entity_scores(step, tokens, torch.ones(7, K, dtype=torch.bool))
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # not only the first time in this process
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            kon.entity_scores(step, tokens, torch.ones(7, K, dtype=torch.bool))
+    finally:
+        torch.set_warn_always(warn_always)
