@@ -231,16 +231,22 @@ def test_kon_model_saves_no_frozen_weight_under_any_name() -> None:
     assert not {"backbone.lm_head.weight", "backbone.model.embed_tokens.weight"} & saved
 
 
-def test_kon_model_autocasts_training_only_and_only_when_asked(llama: LlamaForCausalLM) -> None:
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device (autocast's default there is float16)")])],
+)  # fmt: skip
+def test_kon_model_autocasts_training_only_and_only_when_asked(llama: LlamaForCausalLM, device: str) -> None:
     """Mixed precision: the backbone's matmuls run in bfloat16 when ``autocast`` and gradients are
     on, in float32 otherwise (ranking under no_grad, or ``autocast`` off, the default)."""
     seen: list[torch.dtype] = []
-    llama.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
-    batch = _right_padded([[5, 9, 2], [3, 1]])
-    tokens = torch.zeros(2, 1, K, dtype=torch.long)
+    llama.to(device).model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    batch = _right_padded([[5, 9, 2], [3, 1]]).to(device)
+    tokens = torch.zeros(2, 1, K, dtype=torch.long, device=device)
     mask = torch.ones_like(tokens, dtype=torch.bool)
     for autocast, grad in ((False, True), (True, True), (True, False)):
-        model = KONModel(llama, make_kon(), autocast) if autocast else KONModel(llama, make_kon())
+        kon = make_kon().to(device)
+        model = KONModel(llama, kon, autocast) if autocast else KONModel(llama, kon)
         with torch.set_grad_enabled(grad):
             model(batch, tokens, mask)
     assert seen == [torch.float32, torch.bfloat16, torch.float32]
