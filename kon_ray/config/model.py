@@ -64,7 +64,7 @@ class ModelConfig:
     head_init: Literal["zero", "default"] = field(default="zero", metadata={
         "help": "Head-MLP init: 'zero' as the paper (eq. 5 residual); 'default' as the published code."})
     conditional_attention: bool = field(default=True, metadata={
-        "help": "The causal attention over the K head states (eq. 6); False is Table 3 "
+        "help": "The causal attention over the K head states (eq. 4-5); False is Table 3 "
                 "'w/o Conditional Attention'."})
     attention_heads: int = field(default=8, metadata={"help": "Heads of the conditional attention layer."})
     attention_dropout: float = field(default=0.3, metadata={
