@@ -22,8 +22,9 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *ROOT.glob("CONTRIBUTING.md")])
-FIGURE_DOCS = (ROOT / "docs" / "results.md", ROOT / "docs" / "evaluation.md")
-"""Docs where every decimal figure outside code must be tied to an artifact."""
+FIGURE_DOCS = tuple(ROOT / "docs" / name for name in ("benchmarks.md", "data.md", "evaluation.md", "results.md"))
+"""Docs that report measurements: every decimal figure outside code must be tied to an artifact.
+The other pages quote settings, formulas and estimates, not measurements."""
 
 NOT_YET_WRITTEN = {
 }
@@ -166,6 +167,13 @@ def test_not_yet_written_pages_are_still_missing() -> None:
     assert not landed, f"{landed} exist now: take them out of NOT_YET_WRITTEN"
 
 
+def test_the_readme_indexes_every_docs_page() -> None:
+    readme = (ROOT / "README.md").read_text()
+    index = readme.partition("## Documentation")[2]
+    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"](docs/{p.name})" not in index]
+    assert not missing, f"README.md's documentation table does not list {missing}"
+
+
 def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     commands = [line for line in readme.splitlines() if line.endswith("&& python -m pytest")]
@@ -204,3 +212,28 @@ def test_readme_tsv_example_loads(tmp_path: Path) -> None:
     kg = load_kg(str(tmp_path))
     assert (len(kg.train), len(kg.valid), len(kg.test)) == (3, 1, 1)
     assert kg.entity_names[:2] == ("Barack Obama", "Michelle Obama") and "place of birth" in kg.relation_names
+
+
+RECORDED_STUDIES = {"db15k-15min.csv": "cpu_15min.py", "db15k-equal-queries.csv": "cpu_equal_queries.py"}
+"""Tables recorded with ``kon-ray train`` before their study file existed: each row's command must
+be one of the study's trials, so that running the study measures those rows again, unless the row
+says why not (``not_a_study_trial``), and then it must not be one."""
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_STUDIES))
+def test_recorded_rows_are_trials_of_their_study(name: str) -> None:
+    from kon_ray.config import RunConfig, apply_overrides
+    from kon_ray.studies.study import load_study
+
+    study = load_study(ROOT / "studies" / RECORDED_STUDIES[name])
+    with (ROOT / "results" / name).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    wrong = []
+    for no, row in enumerate(rows, start=2):
+        words = row["command"].split()
+        assert words[:2] == ["kon-ray", "train"], f"{name}:{no}: not a kon-ray train command"
+        params = {"variant": row["config.variant"], "seed": int(row["seed"])}
+        same = apply_overrides(RunConfig(), words[2:]) == apply_overrides(RunConfig(), study.overrides(params))
+        if same == bool(row.get("not_a_study_trial")):
+            wrong.append(f"{name}:{no}: {row['config.variant']!r} seed {row['seed']}: {row['command']}")
+    assert not wrong, "rows their study would not run again, or that say so wrongly:\n" + "\n".join(wrong)
