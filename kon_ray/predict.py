@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 
 from kon_ray.config import ConfigError
-from kon_ray.data import Queries
+from kon_ray.data import KnowledgeGraph, Queries
 from kon_ray.data.prompts import TEMPLATES, Batch
 from kon_ray.data.queries import HEAD, TAIL
 from kon_ray.evaluation import HITS_AT, summarize
 from kon_ray.training.setup import Setup
 
-ID = re.compile(r"#?(\d+)")
+INDEX = re.compile(r"#(\d+)")
 
 
 @dataclass(frozen=True)
@@ -33,29 +33,50 @@ class Answer:
     """A known answer of this query in training."""
 
 
-def resolve(text: str, names: Sequence[str], what: str) -> int:
-    """The id of the entity or relation ``text`` names: its name, or its id as ``12`` or ``#12``.
+def source_id(ids: Sequence[str], i: int) -> str:
+    """The id of entity or relation ``i`` in the KG's files; ``#i`` for a KG built in code."""
+    return ids[i] if ids else f"#{i}"
 
-    A name several share, or one not found, is refused with their ids or the closest names.
+
+def resolve(text: str, names: Sequence[str], ids: Sequence[str], what: str) -> int:
+    """The index of the entity or relation ``text`` stands for: the first of its name, its id in the
+    KG's files, ``#`` and its index, and its name regardless of case that gives exactly one.
+
+    A name that several share (none having it as its id), or one not found, is refused with their
+    ids or the closest names and ids.
     """
-    matches = [i for i, name in enumerate(names) if name == text]
-    if not matches:
-        number = ID.fullmatch(text.strip())
-        if number is not None and int(number.group(1)) < len(names):
-            return int(number.group(1))
-        matches = [i for i, name in enumerate(names) if name.casefold() == text.strip().casefold()]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        ids = ", ".join(f"#{i}" for i in matches[:10])
+    text = text.strip()
+    named = [i for i, name in enumerate(names) if name == text]
+    if len(named) == 1:
+        return named[0]
+    by_id = [i for i, key in enumerate(ids) if key == text]
+    if len(by_id) == 1:
+        return by_id[0]
+    index = INDEX.fullmatch(text)
+    if index is not None and int(index.group(1)) < len(names):
+        return int(index.group(1))
+    named = named or [i for i, name in enumerate(names) if name.casefold() == text.casefold()]
+    if len(named) == 1:
+        return named[0]
+    shared = named or by_id
+    if shared:
+        keys = ", ".join(source_id(ids, i) for i in shared[:10])
         raise ConfigError(
-            f"{what} {text!r} is ambiguous: {len(matches)} share that name ({ids}); "
-            f"give one id, e.g. '#{matches[0]}'"
+            f"{what} {text!r} is ambiguous: {len(shared)} share it ({keys}); "
+            f"give one's id, e.g. {source_id(ids, shared[0])!r}"
         )
-    folded = {name.casefold(): name for name in reversed(names)}  # the first of names equal but for case
+    # names and ids alike, the first of those equal but for case
+    folded = {key.casefold(): key for key in reversed([*names, *ids])}
     close = [folded[c] for c in difflib.get_close_matches(text.casefold(), list(folded), n=5, cutoff=0.5)]
-    hint = f"closest: {', '.join(repr(c) for c in close)}" if close else "no name is close"
-    raise ConfigError(f"no {what} named {text!r} among the {len(names)} of the KG; {hint}")
+    hint = f"closest: {', '.join(repr(c) for c in close)}" if close else "no name or id is close"
+    index_hint = f"; an index is written '#{text}'" if text.isdigit() and int(text) < len(names) else ""
+    raise ConfigError(f"no {what} named {text!r} among the {len(names)} of the KG; {hint}{index_hint}")
+
+
+def labeller(names: Sequence[str], ids: Sequence[str]) -> Callable[[int], str]:
+    """``label(i)``: the name of entity or relation ``i``, with its id when other names are the same."""
+    repeated = Counter(names)
+    return lambda i: f"{names[i]} ({source_id(ids, i)})" if repeated[names[i]] > 1 else names[i]
 
 
 def prompt_batch(s: Setup, anchor: int, relation: int, direction: int) -> Batch:
@@ -82,18 +103,15 @@ def ask(s: Setup, anchor: int, relation: int, direction: int, top: int) -> list[
     ]
 
 
-def answer_text(s: Setup, anchor: int, relation: int, direction: int, answers: list[Answer], top: int) -> str:
+def answer_text(
+    kg: KnowledgeGraph, anchor: int, relation: int, direction: int, answers: list[Answer], top: int
+) -> str:
     """The answers as a table; names that several entities share carry their ids."""
-    names = s.kg.entity_names
-    repeated = Counter(names)
-
-    def label(e: int) -> str:
-        return f"{names[e]} (#{e})" if repeated[names[e]] > 1 else names[e]
-
-    given, rel = label(anchor), s.kg.relation_names[relation]
+    label = labeller(kg.entity_names, kg.entity_ids)
+    given, rel = label(anchor), labeller(kg.relation_names, kg.relation_ids)(relation)
     query = f"({given}, {rel}, ?)" if direction == TAIL else f"(?, {rel}, {given})"
     ties = f", {len(answers) - top} more tied with the last" if len(answers) > top else ""
-    lines = [f"{query}  top {min(top, len(answers))} of {s.kg.num_entities} entities{ties}"]
+    lines = [f"{query}  top {min(top, len(answers))} of {kg.num_entities} entities{ties}"]
     width = max(len(label(a.entity)) for a in answers)
     lines.append(f"{'rank':>5}  {'score':>9}  {'entity':<{width}}  in training")
     for a in answers:
@@ -102,9 +120,10 @@ def answer_text(s: Setup, anchor: int, relation: int, direction: int, answers: l
     return "\n".join(lines)
 
 
-def read_queries(path: Path) -> list[tuple[str, str, int]]:
-    """``entity<TAB>relation[<TAB>head|tail]`` lines (tail by default); blank lines and comments
-    (``#`` lines without a tab: ``#12<TAB>...`` names entity 12) are skipped."""
+def read_queries(path: Path) -> list[tuple[int, str, str, int]]:
+    """(line number, entity, relation, direction) of ``entity<TAB>relation[<TAB>head|tail]`` lines
+    (tail by default); blank lines and comments (``#`` lines without a tab: ``#12<TAB>...`` names
+    entity 12) are skipped."""
     out = []
     for no, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or (line.startswith("#") and "\t" not in line):
@@ -114,15 +133,17 @@ def read_queries(path: Path) -> list[tuple[str, str, int]]:
             raise ConfigError(
                 f"{path}, line {no}: expected 'entity<TAB>relation[<TAB>head|tail]', got {line!r}"
             )
-        out.append((fields[0], fields[1], HEAD if len(fields) == 3 and fields[2] == "head" else TAIL))
+        out.append((no, fields[0], fields[1], HEAD if len(fields) == 3 and fields[2] == "head" else TAIL))
     return out
 
 
-def per_relation(table: pd.DataFrame, relation_names: Sequence[str], ties: str) -> pd.DataFrame:
-    """MRR and Hits@k of a rank table per relation, both directions together, most queries first."""
+def per_relation(table: pd.DataFrame, kg: KnowledgeGraph, ties: str) -> pd.DataFrame:
+    """MRR and Hits@k of a rank table per relation, both directions together, most queries first;
+    relation names that repeat carry their ids."""
+    label = labeller(kg.relation_names, kg.relation_ids)
     rows = []
     for relation, part in table.groupby("relation"):
         metrics = summarize(part[ties].to_numpy(), part["direction"].to_numpy())
-        rows.append({"relation": relation_names[int(relation)], "queries": len(part), "mrr": metrics["mrr"],
+        rows.append({"relation": label(int(relation)), "queries": len(part), "mrr": metrics["mrr"],
                      **{f"hits@{k}": metrics[f"hits@{k}"] for k in HITS_AT}})  # fmt: skip
     return pd.DataFrame(rows).sort_values(["queries", "relation"], ascending=[False, True], ignore_index=True)

@@ -48,6 +48,13 @@ class RunIdentity:
 
 # Settings that may change between a run and its resumption: budgets and threads.
 RESUMABLE_CHANGES = {"train.max_minutes", "train.max_steps", "train.epochs", "train.threads", "train.cpus_per_worker"}
+# Settings that re-ranking a saved run may change: how it is ranked, and on how many triples.
+RERANK_KEYS = ("eval.", "data.valid_limit", "data.test_limit", "data.valid_unseen")
+
+
+def rerank_settings() -> str:
+    """``RERANK_KEYS`` as a person reads them: 'eval.*, data.valid_limit, ...'."""
+    return ", ".join(k + "*" if k.endswith(".") else k for k in RERANK_KEYS)
 
 
 def check_same_run(folder: Path, config: dict[str, Any], identity: RunIdentity | None = None) -> None:

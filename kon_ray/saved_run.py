@@ -24,12 +24,10 @@ from kon_ray.checkpoint import MODEL_DIR, MODEL_RECORD, MODEL_WEIGHTS, load_trai
 from kon_ray.config import EMBEDDED, ConfigError, RunConfig, apply_overrides
 from kon_ray.data.prompts import TEMPLATES
 from kon_ray.results import write_atomic, write_json
-from kon_ray.run_identity import RunIdentity
+from kon_ray.run_identity import RERANK_KEYS, RunIdentity, rerank_settings
 from kon_ray.studies.folder import SPEC_FILE
 from kon_ray.training.setup import Setup, setup
 
-# What re-ranking a saved run may change: how it is ranked, and on how many triples.
-RERANK_KEYS = ("eval.", "data.valid_limit", "data.test_limit", "data.valid_unseen")
 EXPORT_RECORD = "kon.json"
 
 
@@ -82,7 +80,7 @@ def load_run(
     target: str | Path, overrides: Sequence[str] = (), device: torch.device | None = None
 ) -> SavedRun:
     """Rebuild the run in ``target`` with its best weights; ``overrides`` may change only how it is
-    ranked (``eval.*``, ``data.valid_limit``, ``data.test_limit``, ``data.valid_unseen``)."""
+    ranked (``RERANK_KEYS``)."""
     from transformers import AutoTokenizer
 
     folder = model_folder(target)
@@ -90,8 +88,9 @@ def load_run(
     config = RunConfig.from_dict(record["config"])
     for item in overrides:
         if not item.startswith(RERANK_KEYS):
-            allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RERANK_KEYS)
-            raise ConfigError(f"{item}: a saved run is ranked as it was trained; only {allowed} may change")
+            raise ConfigError(
+                f"{item}: a saved run is ranked as it was trained; only {rerank_settings()} may change"
+            )
     config = apply_overrides(config, list(overrides))
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     if tokenizer.pad_token_id is None:

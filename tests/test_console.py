@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import pty
+import re
+import select
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,12 +151,68 @@ def test_progress_prints_a_line_per_trial_event_without_a_terminal(
     ]
 
 
+def read_terminal(master: int) -> str:
+    """What a pseudo-terminal's program wrote to it so far, its CR LF line ends read as LF."""
+    out = b""
+    while select.select([master], [], [], 0.2)[0]:
+        out += os.read(master, 65536)
+    return out.decode().replace("\r\n", "\n")
+
+
+def test_progress_redraws_a_live_table_in_place_on_a_terminal(
+    logs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stdout a pseudo-terminal: the table is redrawn in place, and the event lines go to the log file only."""
+    from kon_ray.studies.callbacks import Progress
+
+    master, slave = pty.openpty()
+    monkeypatch.setattr(sys, "stdout", os.fdopen(slave, "w"))
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setenv("LINES", "40")
+    done, running = (
+        SimpleNamespace(trial_id=f"t_{i}", config={"model.k": k, "seed": 0}, status="RUNNING", last_result={},
+                        metric_analysis={}) for i, k in enumerate((2, 8))
+    )  # fmt: skip
+    trials = [done, running]
+    try:
+        progress = Progress("quick", "valid.mrr", "max", 3)
+        progress.setup()
+        for trial in trials:
+            progress.on_trial_start(0, trials, trial)
+        progress.on_trial_result(0, trials, running, {"valid.mrr": 0.1234, "progress": 0.471})
+        running.metric_analysis = {"valid.mrr": {"max": 0.3}}
+        done.last_result, done.metric_analysis = {"final": 1, "time_total_s": 75.0}, {"valid.mrr": {"max": 0.25}}
+        progress.on_trial_result(0, trials, done, {"valid.mrr": 0.2101, "progress": 1.0})
+        progress.on_trial_complete(0, trials, done)
+        done.status = "TERMINATED"
+        progress.drawn = 0.0  # a second has passed since the last redraw
+        progress.on_step_end(0, trials)
+        progress.on_experiment_end(trials)
+        sys.stdout.flush()
+        screen = read_terminal(master)
+    finally:
+        sys.stdout.close()
+        os.close(master)
+    blocks = re.split(r"\x1b\[(\d+)F\x1b\[J", screen)  # block, its height, block, ...
+    assert len(blocks) == 2 * 4 + 1  # drawn on 2 starts, 1 completion, 1 step end, the experiment's end
+    for block, height in zip(blocks[:-1:2], blocks[1::2], strict=True):
+        assert len(block.splitlines()) == int(height) == 4  # each erased exactly: summary, header, 2 trials
+    last = blocks[-1].splitlines()
+    assert last[0].startswith("quick  0:0") and last[0].endswith("1/3 done, 1 running, 0 failed, 0 pruned")
+    assert last[1].split() == ["trial", "model.k", "seed", "status", "progress", "valid.mrr", "best", "elapsed"]
+    assert last[2].split() == ["t_0", "2", "0", "done", "100%", "0.2101", "0.2500", "1:15"]
+    assert last[3].split() == ["t_1", "8", "0", "running", "47%", "0.1234", "0.3000", "0:00"]
+    assert capsys.readouterr().err == ""  # no event line on the terminal...
+    assert "quick: trial t_0 (model.k=2, seed=0) finished" in logs.read_text()  # ...but in the log file
+
+
 def test_monitor_writes_tensorboard_scalars(tmp_path: Path) -> None:
     with Monitor(tmp_path, bar=True) as monitor:
         for step, mrr in ((5, 0.1), (10, 0.2)):
             monitor.record({"step": step, "progress": step / 10, "train.loss": 1.0 / step, "valid.mrr": mrr,
                             "valid.hits@10": 2 * mrr, "queries_per_s": 100.0})  # fmt: skip
         assert monitor.bar is not None and monitor.bar.n == 100
+        assert str(monitor.bar).endswith("step=10, loss=0.100, valid MRR=0.2000, qps=100")
     scalars = read_scalars(tmp_path / "tensorboard")
     assert scalars["valid/mrr"] == [(5, pytest.approx(0.1)), (10, pytest.approx(0.2))]
     assert [step for step, _ in scalars["valid/hits_10"]] == [5, 10] and "step" not in scalars

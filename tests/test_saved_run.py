@@ -17,9 +17,11 @@ from safetensors.torch import load_file
 
 from kon_ray.cli import main
 from kon_ray.config import ConfigError
-from kon_ray.data import both_directions
+from kon_ray.data import KnowledgeGraph, both_directions
+from kon_ray.data.queries import HEAD, TAIL
 from kon_ray.evaluation import metrics_from_table
-from kon_ray.predict import ask, prompt_batch, resolve
+from kon_ray.predict import Answer, answer_text, ask, per_relation, prompt_batch, resolve
+from kon_ray.run_identity import RERANK_KEYS
 from kon_ray.saved_run import export, load_run, model_folder
 from kon_ray.training import evaluate, run
 from tests.conftest import backbone_config, tiny_config
@@ -153,16 +155,57 @@ def test_study_trials_are_found_by_id_tune_folder_or_train_folder(trained: Path,
         model_folder(study / "ab12_99999")
 
 
-def test_names_and_ids_resolve_and_unknown_or_shared_names_get_help() -> None:
-    names = ["Paris", "Lyon", "Paris", "Nice", "42"]
-    assert resolve("Lyon", names, "entity") == 1
-    assert resolve("lyon", names, "entity") == 1
-    assert resolve("#2", names, "entity") == 2 and resolve("3", names, "entity") == 3
-    assert resolve("42", names, "entity") == 4  # a name before an id
-    with pytest.raises(ConfigError, match=r"'Paris' is ambiguous: 2 share that name \(#0, #2\)"):
-        resolve("Paris", names, "entity")
+def test_names_ids_and_indices_resolve_and_unknown_or_shared_names_get_help() -> None:
+    names = ["Paris", "Lyon", "Paris", "Nice", "Q2", "Rome"]
+    ids = ["Q90", "Q456", "Q830", "00012", "Q1", "Q2"]
+    assert resolve("Lyon", names, ids, "entity") == 1 and resolve("lyon", names, ids, "entity") == 1
+    assert resolve("Q830", names, ids, "entity") == 2 and resolve("00012", names, ids, "entity") == 3
+    assert resolve("#2", names, ids, "entity") == 2 and resolve("#5", names, ids, "entity") == 5
+    assert resolve("Q2", names, ids, "entity") == 4  # a name before an id
+    with pytest.raises(ConfigError, match=r"'Paris' is ambiguous: 2 share it \(Q90, Q830\); give one's id, e.g. 'Q90'"):
+        resolve("Paris", names, ids, "entity")
+    with pytest.raises(ConfigError, match=r"'Paris' is ambiguous: 2 share it \(#0, #2\)"):
+        resolve("Paris", names, (), "entity")  # a KG built in code: its indices
     with pytest.raises(ConfigError, match="no entity named 'lion'.*closest: 'Lyon'"):
-        resolve("lion", names, "entity")
+        resolve("lion", names, ids, "entity")
+    with pytest.raises(ConfigError, match="no entity named '12'.*closest: .*'00012'"):
+        resolve("12", names, ids, "entity")  # an id as written: '00012' is not '12'
+    with pytest.raises(ConfigError, match="no entity named 'Zzzz'.*; no name or id is close$"):
+        resolve("Zzzz", names, ids, "entity")
+    with pytest.raises(ConfigError, match="no entity named '3'.*; an index is written '#3'"):
+        resolve("3", names, ids, "entity")
+    # TSV labels are the ids: two that make the same name are told apart by the label itself
+    assert resolve("New York", ["New York", "New York"], ["New_York", "New York"], "entity") == 1
+
+
+def test_answers_carry_ids_on_repeated_names_the_ties_and_known_ones() -> None:
+    none = np.zeros((0, 3), dtype=np.int64)
+    kg = KnowledgeGraph(
+        "hand", ("Paris", "Lyon", "Paris", "Nice"), ("located in", "located in", "twin of"), train=none,
+        valid=none, test=none, digest="", entity_ids=("Q90", "Q456", "Q830", "Q33959"),
+        relation_ids=("P131", "P276", "P190"),
+    )  # fmt: skip
+    answers = [Answer(2, 1, -0.25, True), Answer(1, 2, -1.5, False), Answer(3, 2, -1.5, True)]
+    assert answer_text(kg, 0, 0, TAIL, answers, top=2).splitlines() == [
+        "(Paris (Q90), located in (P131), ?)  top 2 of 4 entities, 1 more tied with the last",
+        " rank      score  entity        in training",
+        "    1    -0.2500  Paris (Q830)  known",
+        "    2    -1.5000  Lyon",
+        "    2    -1.5000  Nice          known",
+    ]
+    assert answer_text(kg, 1, 2, HEAD, answers[:1], top=1).splitlines()[0] == "(?, twin of, Lyon)  top 1 of 4 entities"
+
+
+def test_per_relation_figures_on_the_chosen_ranks_with_ids_on_repeated_names() -> None:
+    none = np.zeros((0, 3), dtype=np.int64)
+    kg = KnowledgeGraph("hand", ("a",), ("near", "near", "in"), none, none, none, "", relation_ids=("P1", "P2", "P3"))
+    table = pd.DataFrame({"relation": [0, 0, 2, 1], "direction": [TAIL, HEAD, TAIL, TAIL],
+                          "optimistic": [1.0, 2.0, 1.0, 4.0], "pessimistic": [3.0, 2.0, 5.0, 4.0]})  # fmt: skip
+    rows = per_relation(table, kg, "pessimistic")
+    assert rows["relation"].tolist() == ["near (P1)", "in", "near (P2)"]  # most queries first, then by name
+    assert rows["queries"].tolist() == [2, 1, 1]
+    assert rows["mrr"].tolist() == pytest.approx([(1 / 3 + 1 / 2) / 2, 1 / 5, 1 / 4])
+    assert rows["hits@3"].tolist() == [1.0, 0.0, 0.0]
 
 
 def test_prompt_of_any_query_is_the_one_training_read(trained: Path) -> None:
@@ -188,28 +231,83 @@ def test_answers_show_ties_with_the_last_and_known_ones(
     assert [a.entity for a in answers] == [tail, 5, 6, 7]
     assert [a.rank for a in answers] == [1, 2, 2, 2]
     assert answers[0].known and not any(a.known for a in answers[1:] if a.entity != tail)
+    lines = answer_text(s.kg, head, relation, TAIL, answers, top=2).splitlines()
+    assert lines[0].endswith(f"top 2 of {s.kg.num_entities} entities, 2 more tied with the last")
+    assert lines[2].split() == ["1", "0.0000", *s.kg.entity_names[tail].split(), "known"]
 
 
-def test_predict_and_evaluate_commands(
+def test_predict_asks_by_name_or_id_for_the_tail_or_the_head(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = load_run(trained).setup
+    head, relation, _ = (int(v) for v in s.kg.train[0])
+    entity, name, label = s.kg.entity_names[head], s.kg.relation_names[relation], s.kg.relation_ids[relation]
+    assert label != name  # the tiny KG's labels are camelCase: 'livesIn' reads 'lives in'
+    for given, direction in ((name, TAIL), (label, TAIL), (name, HEAD)):
+        main(["predict", str(trained), entity, given, "--top", "3", *(["--head"] if direction == HEAD else [])])
+        expected = answer_text(s.kg, head, relation, direction, ask(s, head, relation, direction, 3), 3)
+        assert capsys.readouterr().out == expected + "\n"
+    assert expected.startswith(f"(?, {name}, {entity})  top 3")
+    with pytest.raises(SystemExit) as stopped:
+        main(["predict", str(trained), "Nobody At All", name])
+    assert stopped.value.code == 2 and "no entity named 'Nobody At All'" in capsys.readouterr().err
+
+
+def test_predict_queries_go_on_past_an_unknown_name(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     s = load_run(trained).setup
     head, relation, _ = (int(v) for v in s.kg.train[0])
-    main(["predict", str(trained), s.kg.entity_names[head], s.kg.relation_names[relation], "--top", "3"])
-    out = capsys.readouterr().out
-    assert f"({s.kg.entity_names[head]}, {s.kg.relation_names[relation]}, ?)  top 3" in out
+    entity, name = s.kg.entity_names[head], s.kg.relation_names[relation]
     queries = tmp_path / "queries.tsv"
-    queries.write_text(f"#{head}\t{s.kg.relation_names[relation]}\n# a comment\n#{head}\t#{relation}\thead\n")
-    main(["predict", str(trained), "--queries", str(queries), "--top", "1"])
-    out = capsys.readouterr().out
-    assert out.count("top 1 of") == 2 and f"(?, {s.kg.relation_names[relation]}," in out
+    queries.write_text(f"#{head}\t{name}\n# a comment\n{entity[:-1]}\t{name}\n{entity}\tlives on\n#{head}\t#{relation}\thead\n")
     with pytest.raises(SystemExit) as stopped:
-        main(["predict", str(trained), "Nobody At All", s.kg.relation_names[relation]])
-    assert stopped.value.code == 2 and "no entity named 'Nobody At All'" in capsys.readouterr().err
+        main(["predict", str(trained), "--queries", str(queries), "--top", "1"])
+    out, err = capsys.readouterr()
+    assert stopped.value.code == 2
+    expected = [answer_text(s.kg, head, relation, d, ask(s, head, relation, d, 1), 1) for d in (TAIL, HEAD)]
+    assert out == "\n\n".join(expected) + "\n"  # the first and last queries, asked
+    errors = [line for line in err.splitlines() if line.startswith("kon-ray: ")]  # not the log lines
+    assert errors[0].startswith(f"kon-ray: error: {queries}, line 3: no entity named {entity[:-1]!r}")
+    assert f"closest: {entity!r}" in errors[0]
+    assert errors[1].startswith(f"kon-ray: error: {queries}, line 4: no relation named 'lives on'")
+    assert errors[2] == f"kon-ray: error: {queries}: 2 of 4 queries not asked (above)"
+
+
+def test_evaluate_prints_the_run_ranks_per_direction_and_relation(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The figures of ``kon-ray evaluate`` on the test split are those of the run's ranks.parquet."""
+    s = load_run(trained).setup
+    ranks = pd.read_parquet(trained / "ranks.parquet")
+    main(["evaluate", str(trained)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"test split of {s.kg.name}, filtered, realistic ties"
+    printed = {}
+    for line in lines[2:]:
+        if line != "per relation (both directions)":
+            label, *figures = line.rsplit(None, 5)
+            printed[label.strip()] = [float(f) for f in figures]
+
+    def figures(part: pd.DataFrame) -> list[float]:
+        rank = part["realistic"]
+        return [len(part), (1 / rank).mean(), *((rank <= k).mean() for k in (1, 3, 10))]
+
+    expected = {"all": figures(ranks), "tail": figures(ranks[ranks.direction == TAIL]),
+                "head": figures(ranks[ranks.direction == HEAD])}  # fmt: skip
+    expected |= {s.kg.relation_names[r]: figures(part) for r, part in ranks.groupby("relation")}
+    assert printed.keys() == expected.keys() and len(expected) == 3 + s.kg.num_relations
+    for label, values in expected.items():
+        assert printed[label] == pytest.approx(values, abs=5.1e-5), label
     main(["evaluate", str(trained), "--split", "valid", "eval.ties=pessimistic"])
-    out = capsys.readouterr().out
-    assert "valid split" in out and "pessimistic ties" in out
-    for name in s.kg.relation_names:
-        assert name in out
-    for line in ("all", "tail", "head"):
-        assert any(row.startswith(line) for row in out.splitlines())
+    assert capsys.readouterr().out.startswith(f"valid split of {s.kg.name}, filtered, pessimistic ties")
+
+
+def test_evaluate_and_predict_help_say_what_they_accept(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("evaluate", "predict"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "settings of the ranking: eval.*, data.valid_limit, data.test_limit, data.valid_unseen;" in shown
+    assert f"{RERANK_KEYS[-1]};" in shown  # from RERANK_KEYS, which load_run enforces
+    assert "those tied with the last (default: 10)" in shown and "or #INDEX (e.g. #12)" in shown

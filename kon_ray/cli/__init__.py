@@ -14,6 +14,7 @@ from pathlib import Path
 from kon_ray import console
 from kon_ray.cli import config, data, runs, studies
 from kon_ray.config import ConfigError
+from kon_ray.run_identity import rerank_settings
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -113,15 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=runs.export)
     predict = commands.add_parser("predict", help="a trained run's top answers to (ENTITY, RELATION, ?)")
     predict.add_argument("run", help=run_help)
-    predict.add_argument("entity", nargs="?", help="the given entity: its name, or its id as 12 or #12")
-    predict.add_argument("relation", nargs="?", help="the relation: its name or id")
+    predict.add_argument(
+        "entity", nargs="?", help="the given entity: its name, its id in the KG's files, or #INDEX (e.g. #12)"
+    )
+    predict.add_argument("relation", nargs="?", help="the relation: its name, its id or #INDEX")
     predict.add_argument("--head", action="store_true", help="ask for the head: (?, RELATION, ENTITY)")
-    predict.add_argument("--top", type=int, default=10, help="answers shown, and those tied with the last")
+    predict.add_argument(
+        "--top", type=int, default=10, help="answers shown, and those tied with the last (default: 10)"
+    )
     predict.add_argument("--queries", help="a file of 'entity<TAB>relation[<TAB>head|tail]' lines")
     predict.set_defaults(func=runs.predict)
     evaluate = commands.add_parser("evaluate", help="re-rank a trained run without training")
     evaluate.add_argument("run", help=run_help)
-    evaluate.add_argument("overrides", nargs="*", help="eval.* or data.*_limit, e.g. eval.ties=optimistic")
+    evaluate.add_argument(
+        "overrides", nargs="*", help=f"settings of the ranking: {rerank_settings()}; e.g. eval.ties=optimistic"
+    )
     evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="the split to rank")
     evaluate.set_defaults(func=runs.evaluate)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def evaluate(args: argparse.Namespace) -> None:
     s = load_run(args.run, args.overrides).setup
     limit = s.config.data.valid_limit if args.split == "valid" else s.config.data.test_limit
     metrics, table = evaluate(s, args.split, limit)
-    relations = per_relation(table, s.kg.relation_names, s.config.eval.ties)
+    relations = per_relation(table, s.kg, s.config.eval.ties)
     width = min(40, max(12, *(len(name) for name in relations["relation"])))
     print(f"{args.split} split of {s.kg.name}, filtered, {s.config.eval.ties} ties")
     print(f"{'':<{width}}{'queries':>8}{'MRR':>8}{'H@1':>8}{'H@3':>8}{'H@10':>8}")
@@ -65,6 +66,8 @@ def export(args: argparse.Namespace) -> None:
 
 
 def predict(args: argparse.Namespace) -> None:
+    """Each query's answers; with --queries, a query naming no entity or relation (or several) gets
+    its closest matches on stderr and the others are still asked."""
     from kon_ray.data.queries import HEAD, TAIL
     from kon_ray.predict import answer_text, ask, read_queries, resolve
     from kon_ray.saved_run import load_run
@@ -72,12 +75,23 @@ def predict(args: argparse.Namespace) -> None:
     if args.queries:
         queries = read_queries(Path(args.queries))
     elif args.entity is not None and args.relation is not None:
-        queries = [(args.entity, args.relation, HEAD if args.head else TAIL)]
+        queries = [(0, args.entity, args.relation, HEAD if args.head else TAIL)]  # line 0: no file
     else:
         raise ConfigError("predict: give ENTITY and RELATION, or --queries FILE")
     s = load_run(args.run).setup
-    for i, (entity, relation, direction) in enumerate(queries):
-        anchor = resolve(entity, s.kg.entity_names, "entity")
-        rel = resolve(relation, s.kg.relation_names, "relation")
+    failed, shown = 0, 0
+    for no, entity, relation, direction in queries:
+        try:
+            anchor = resolve(entity, s.kg.entity_names, s.kg.entity_ids, "entity")
+            rel = resolve(relation, s.kg.relation_names, s.kg.relation_ids, "relation")
+        except ConfigError as error:
+            if not args.queries:
+                raise
+            print(f"kon-ray: error: {args.queries}, line {no}: {error}", file=sys.stderr)
+            failed += 1
+            continue
         answers = ask(s, anchor, rel, direction, args.top)
-        print(("\n" if i else "") + answer_text(s, anchor, rel, direction, answers, args.top))
+        print(("\n" if shown else "") + answer_text(s.kg, anchor, rel, direction, answers, args.top))
+        shown += 1
+    if failed:
+        raise ConfigError(f"{args.queries}: {failed} of {len(queries)} queries not asked (above)")

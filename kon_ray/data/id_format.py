@@ -3,8 +3,8 @@
 ``entity2id.txt`` and ``relation2id.txt`` hold lines ``<label> id`` or ``id label id``;
 ``train2id.txt``, ``valid2id.txt``, ``test2id.txt`` hold lines ``head tail relation`` (ids,
 whitespace-separated; note the order). A first line holding only the number of lines that follow
-(OpenKE's count line) is skipped. Labels become names (``kon_ray.data.names``). docs/data.md shows
-five lines of each.
+(OpenKE's count line) is skipped. Labels become names (``kon_ray.data.names``) and stay, as written,
+the source ids (the numbers are the indices). docs/data.md shows five lines of each.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def load_ids(folder: Path, sources: dict[str, bytes]) -> Loaded:
         _read_id_triples(folder / f"{split}2id.txt", sources, len(entities), len(relations))
         for split in SPLITS
     ]
-    return tuple(map(entity_name, entities)), tuple(map(relation_name, relations)), splits
+    labels = (tuple(map(entity_name, entities)), tuple(entities))
+    return labels, (tuple(map(relation_name, relations)), tuple(relations)), splits
 
 
 def _skip_count(path: Path, lines: list[tuple[int, str]]) -> list[tuple[int, str]]:

@@ -32,7 +32,7 @@ SHIPPED = ("DB15K", "MKG-W")
 class KnowledgeGraph:
     name: str
     entity_names: tuple[str, ...] = field(repr=False)
-    """What the LLM reads of each entity, the index being the entity id; names may repeat."""
+    """What the LLM reads of each entity, by its index in the triples; names may repeat."""
     relation_names: tuple[str, ...] = field(repr=False)
     train: np.ndarray = field(repr=False)
     """int64 (n, 3), columns (head, relation, tail); unique rows."""
@@ -42,6 +42,16 @@ class KnowledgeGraph:
     """sha256 over the source files (name, size and bytes, sorted by name) and any slice."""
     duplicates: dict[str, int] = field(default_factory=dict, repr=False)
     """Per split, the repeated triples of the files: dropped from train, kept in valid and test."""
+    entity_ids: tuple[str, ...] = field(default=(), repr=False)
+    """Each entity's id in the source files, as written: an id of ``entities.tsv``, else its TSV
+    label, or its ``entity2id.txt`` label. Empty for a KG built in code."""
+    relation_ids: tuple[str, ...] = field(default=(), repr=False)
+    """Each relation's id in the source files, as ``entity_ids``."""
+
+    def __post_init__(self) -> None:
+        for ids, names in ((self.entity_ids, self.entity_names), (self.relation_ids, self.relation_names)):
+            if ids and len(ids) != len(names):
+                raise ValueError(f"{len(ids)} ids for {len(names)} names: one id per name, or none")
 
     @property
     def num_entities(self) -> int:
@@ -83,9 +93,9 @@ def load_kg(dataset: str) -> KnowledgeGraph:
     name = dataset if dataset in SHIPPED else folder.resolve().name
     sources: dict[str, bytes] = {}
     if (folder / "entity2id.txt").is_file():
-        entities, relations, splits = load_ids(folder, sources)
+        (entities, entity_ids), (relations, relation_ids), splits = load_ids(folder, sources)
     elif (folder / "train.tsv").is_file():
-        entities, relations, splits = load_tsv(folder, sources)
+        (entities, entity_ids), (relations, relation_ids), splits = load_tsv(folder, sources)
     else:
         raise KGFormatError(
             f"dataset={dataset!r}: not a shipped KG ({', '.join(SHIPPED)}) nor a folder holding "
@@ -96,7 +106,8 @@ def load_kg(dataset: str) -> KnowledgeGraph:
     counts = {split: int(mask.sum()) for split, mask in repeated.items()}
     if counts["train"]:
         logger.warning("%s: %d duplicate training triples dropped", name, counts["train"])
-    kg = KnowledgeGraph(name, entities, relations, *splits, digest=_digest(sources), duplicates=counts)
+    kg = KnowledgeGraph(name, entities, relations, *splits, digest=_digest(sources), duplicates=counts,
+                        entity_ids=entity_ids, relation_ids=relation_ids)  # fmt: skip
     logger.info(
         "loaded %s: %d entities, %d relations, %d/%d/%d train/valid/test triples",
         kg.name, kg.num_entities, kg.num_relations, len(kg.train), len(kg.valid), len(kg.test),

@@ -19,8 +19,10 @@ SPLITS = ("train", "valid", "test")
 QUOTE = 200
 """Characters of a bad line that an error message quotes at most."""
 
-Loaded = tuple[tuple[str, ...], tuple[str, ...], list[np.ndarray]]
-"""What a format reader returns: entity names, relation names, and the train, valid, test triples."""
+Labels = tuple[tuple[str, ...], tuple[str, ...]]
+"""The names of entities or relations, in index order, and their ids in the source files."""
+Loaded = tuple[Labels, Labels, list[np.ndarray]]
+"""What a format reader returns: entity labels, relation labels, and the train, valid, test triples."""
 
 
 class KGFormatError(ValueError):

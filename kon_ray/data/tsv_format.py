@@ -3,8 +3,8 @@
 ``train.tsv``, ``valid.tsv``, ``test.tsv`` hold lines ``head<TAB>relation<TAB>tail``. Beside them,
 optional ``entities.tsv`` and ``relations.tsv`` hold lines ``id<TAB>name``: the triples then hold ids
 (opaque strings such as ``Q42`` or ``00001740``), the names are what the LLM reads and may repeat.
-Without a names file, labels are identities (normalised to names) and ids follow first appearance
-over train, valid, test. A header line (``head<TAB>relation<TAB>tail``, ``id<TAB>name``) is skipped.
+Without a names file, labels are identities (normalised to names) and indices follow first appearance
+over train, valid, test. Either way the KG keeps each id as written (the label, without a names file). A header line (``head<TAB>relation<TAB>tail``, ``id<TAB>name``) is skipped.
 docs/data.md shows five lines of each.
 
 Regular files are read vectorised with pandas; any irregular line sends the folder to the
@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kon_ray.data.lines import SPLITS, KGFormatError, Loaded, quote, read_lines, read_text, require, skip_header
+from kon_ray.data.lines import (
+    SPLITS,
+    KGFormatError,
+    Labels,
+    Loaded,
+    quote,
+    read_lines,
+    read_text,
+    require,
+    skip_header,
+)
 from kon_ray.data.names import entity_name, relation_name
 
 if TYPE_CHECKING:
@@ -45,7 +55,7 @@ def load_tsv(folder: Path, sources: dict[str, bytes]) -> Loaded:
     entities = _Ids(folder, NAME_FILES[0], sources, entity_name)
     relations = _Ids(folder, NAME_FILES[1], sources, relation_name)
     splits = [_read_tsv(folder / f"{split}.tsv", sources, entities, relations) for split in SPLITS]
-    return tuple(entities.names), tuple(relations.names), splits
+    return entities.labels(), relations.labels(), splits
 
 
 def _read_name_file(path: Path, sources: dict[str, bytes]) -> dict[str, tuple[int, str]]:
@@ -90,6 +100,9 @@ class _Ids:
                 self.index[key] = i
                 self.names.append(name)
         self.normalise = normalise
+
+    def labels(self) -> Labels:
+        return tuple(self.names), tuple(self.index)  # a dict keeps the ids in index order
 
     def get(self, key: str, path: Path, no: int, line: str) -> int:
         found = self.index.get(key)
@@ -153,14 +166,16 @@ def _columns(path: Path, sources: dict[str, bytes], count: int) -> list[pd.Serie
 
 
 def _named(folder: Path, filename: str, sources: dict[str, bytes], values: pd.Series,
-           normalise: Callable[[str], str]) -> tuple[np.ndarray, tuple[str, ...]] | None:  # fmt: skip
-    """Ids of ``values`` and the names: from ``filename`` when present, else by first appearance."""
+           normalise: Callable[[str], str]) -> tuple[np.ndarray, Labels] | None:  # fmt: skip
+    """Indices of the ids ``values``, and the labels: from ``filename`` when present, else by first
+    appearance."""
     import pandas as pd
 
     path = folder / filename
     if not path.is_file():
         codes, uniques = pd.factorize(values)
-        return codes.astype(np.int64), tuple(map(normalise, uniques.tolist()))
+        ids = tuple(uniques.tolist())
+        return codes.astype(np.int64), (tuple(map(normalise, ids)), ids)
     table = _columns(path, sources, 2)
     if table is None:
         return None
@@ -173,7 +188,7 @@ def _named(folder: Path, filename: str, sources: dict[str, bytes], values: pd.Se
     names = table[1].copy()
     irregular = names.str.contains(r"\s\s|[\t\n\r\f\v]", regex=True)
     names[irregular] = [" ".join(n.split()) for n in names[irregular]]
-    return codes.astype(np.int64), tuple(names.tolist())
+    return codes.astype(np.int64), (tuple(names.tolist()), tuple(ids.tolist()))
 
 
 def _load_tsv_fast(folder: Path, sources: dict[str, bytes]) -> Loaded | None:
