@@ -6,6 +6,7 @@ The 1-worker cells run in this process (``kon_ray.training.run``); the 2-worker 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -16,9 +17,11 @@ import ray
 import torch
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
 from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kon_ray.config import PUBLISHED_LORA_TARGETS, ConfigError
+from kon_ray.cli import main
+from kon_ray.config import PUBLISHED_LORA_TARGETS, ConfigError, ModelConfig, flatten
 from kon_ray.data import load_kg
 from kon_ray.data.prompts import TEMPLATES
 from kon_ray.data.queries import TAIL
@@ -29,6 +32,7 @@ from tests.backbones import FAMILIES
 from tests.conftest import backbone_config
 
 Backbones = Callable[[str], Path]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def losses(metrics: dict) -> list[float]:
@@ -47,15 +51,23 @@ def tensors(obj: object, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
             yield from tensors(value, f"{path}.{i}")
 
 
+# Files of a checkpoint that hold no tensor: records, manifests, DeepSpeed's 'latest' tag and the
+# zero_to_fp32.py script it copies beside its shards.
+NO_TENSORS = (".json", ".py", "")
+
+
 def saved_tensors(folder: Path) -> dict[Path, dict[str, torch.Tensor]]:
-    """Every tensor of every file under ``folder``: safetensors and torch pickles (DeepSpeed's)."""
+    """Every tensor of every file under ``folder``: safetensors and torch pickles (DeepSpeed's).
+    Any other kind of file is refused, so that none goes unread."""
     out: dict[Path, dict[str, torch.Tensor]] = {}
-    for file in sorted(folder.rglob("*")):
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         if file.suffix == ".safetensors":
             with safe_open(str(file), "pt") as f:
                 out[file] = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (no __iter__)
         elif file.suffix in (".pt", ".bin", ".pth"):
             out[file] = dict(tensors(torch.load(file, map_location="cpu", weights_only=False)))
+        else:
+            assert file.suffix in NO_TENSORS, f"{file}: a file of a kind the test cannot read"
     return out
 
 
@@ -77,6 +89,14 @@ def assert_no_frozen_weight(folder: Path, s: Setup) -> None:
         assert names and names <= set(trainable), (file.name, sorted(names - set(trainable))[:3])
     saved = sum(t.numel() for named in files.values() for t in named.values())
     assert saved <= 6 * sum(trainable.values()) + 64, saved
+
+
+def kept_checkpoints(folder: Path) -> list[Path]:
+    """The training checkpoints a run left under ``folder``, with or without Ray (its final
+    report's checkpoint, which holds results and no optimiser state, left out)."""
+    kept = sorted(p.parent for p in folder.rglob("state.json"))
+    assert kept, sorted(folder.rglob("*"))
+    return kept
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -157,6 +177,50 @@ def test_llama_fixture_is_sentencepiece_style_without_pad(backbones: Backbones) 
     assert AutoTokenizer.from_pretrained(backbones("gpt2")).pad_token is None
 
 
+def test_qwen2_fixture_has_grouped_query_attention_and_a_pad_token(backbones: Backbones) -> None:
+    qwen2 = AutoModelForCausalLM.from_pretrained(backbones("qwen2"))
+    c = qwen2.config
+    assert c.model_type == "qwen2" and 1 < c.num_key_value_heads < c.num_attention_heads
+    attention = qwen2.model.layers[0].self_attn
+    kv, q = attention.k_proj.out_features, attention.q_proj.out_features
+    assert kv * c.num_attention_heads == q * c.num_key_value_heads  # K and V for fewer heads than Q
+    assert qwen2.get_output_embeddings().weight is qwen2.get_input_embeddings().weight  # tied
+    tokenizer = AutoTokenizer.from_pretrained(backbones("qwen2"))
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id is not None
+
+
+def test_the_tested_families_are_named_in_the_help_and_the_docs() -> None:
+    names = {"llama": "Llama", "gpt2": "GPT-2", "qwen2": "Qwen2"}
+    assert set(names) == set(FAMILIES)
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(ModelConfig)}["backbone"]
+    assert "docs/backbones.md" in help_text and all(name in help_text for name in names.values())
+    table = (ROOT / "docs" / "backbones.md").read_text()
+    assert all(f"| `{family}` |" in table for family in FAMILIES)
+
+
+def test_train_command_on_a_saved_backbone(
+    tiny_kg: Path, backbones: Backbones, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kon-ray train model.backbone=PATH --no-ray``: metrics.json, and model/ with the LoRA
+    adapters and K-ON heads (no frozen weight) and the backbone's own tokenizer."""
+    backbone = backbones("qwen2")
+    steps = ("train.max_steps=2", "train.evals_per_epoch=9", "data.test_limit=6")
+    config = backbone_config(tiny_kg, backbone, *steps)
+    overrides = [f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in flatten(config.to_dict())
+                 if v is not None]
+    main(["train", "--no-ray", *overrides, "--out", str(tmp_path)])
+    assert "test MRR" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["config"]["model"]["backbone"] == str(backbone)
+    model = tmp_path / "model"
+    names = load_file(str(model / "trainable.safetensors")).keys()
+    assert any(".lora_A." in n for n in names) and any(n.startswith("kon.") for n in names)
+    assert all(".lora_" in n or n.startswith("kon.") for n in names)
+    saved = AutoTokenizer.from_pretrained(model / "tokenizer")
+    assert saved.get_vocab() == AutoTokenizer.from_pretrained(backbone).get_vocab()
+    assert json.loads((model / "run.json").read_text())["config"]["model"]["backbone"] == str(backbone)
+
+
 # 1-worker cells, in process: (family, ZeRO stage, further overrides).
 CELLS = [
     ("llama", 0, ("data.prompt=instruction",)),
@@ -182,9 +246,7 @@ def test_backbone_trains_under_zero_stage(
     assert len(curve) >= 2 and curve[-1] < curve[0] - 0.2, curve
     assert metrics["test.mrr"] > 0.2  # chance is about 0.1 on the tiny KG
     s = setup(config)
-    kept = sorted((tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
-    assert kept
-    for folder in kept:
+    for folder in kept_checkpoints(tmp_path / "run" / "checkpoints"):
         assert_no_frozen_weight(folder, s)
 
 
@@ -211,6 +273,9 @@ def test_same_seed_same_metrics_and_a_killed_run_resumes(
     whole = run(config, tmp_path / "whole")
     again = run(config, tmp_path / "again")
     assert losses(again) == losses(whole) and again["test.mrr"] == whole["test.mrr"]
+    s = setup(config)
+    for folder in kept_checkpoints(tmp_path / "whole" / "checkpoints"):
+        assert_no_frozen_weight(folder, s)
     crashed = crash_after(6)  # checkpoints at steps 4, 8 and 12: it crashes after step 8
     with pytest.raises(RuntimeError, match="injected crash after step 8"):
         run(config, tmp_path / "resumed")
@@ -219,6 +284,8 @@ def test_same_seed_same_metrics_and_a_killed_run_resumes(
     assert resumed["steps"] == whole["steps"]
     assert losses(resumed) == pytest.approx(losses(whole), rel=1e-5)
     assert resumed["test.mrr"] == pytest.approx(whole["test.mrr"], abs=1e-6)
+    for folder in kept_checkpoints(tmp_path / "resumed" / "checkpoints"):
+        assert_no_frozen_weight(folder, s)
 
 
 @pytest.fixture(scope="module")
@@ -236,22 +303,40 @@ STEPS = ("train.max_steps=8", "train.evals_per_epoch=4", "train.batch_size=16")
 def test_lora_on_two_zero3_workers_matches_one(
     local_ray: None, tiny_kg: Path, backbones: Backbones, tmp_path: Path
 ) -> None:
-    """LoRA on a pretrained backbone, partitioned by ZeRO-3 over 2 Ray workers (how a 70B model
-    runs), follows 1 worker at the same global batch, and checkpoints no frozen weight."""
+    """LoRA with the published targets (peft's LoRA embedding included) on a pretrained backbone,
+    partitioned by ZeRO-3 over 2 Ray workers (how a 70B model runs), follows 1 worker at the same
+    global batch, and checkpoints no frozen weight in any rank's files."""
     backbone = backbones("llama")
-    zero3 = (*STEPS, "train.zero_stage=3")
-    two = launch(backbone_config(tiny_kg, backbone, *zero3, "train.workers=2"), tmp_path / "two")
+    published = f"model.lora_targets={','.join(PUBLISHED_LORA_TARGETS)}"
+    zero3 = (*STEPS, "train.zero_stage=3", published)
+    config = backbone_config(tiny_kg, backbone, *zero3, "train.workers=2")
+    two = launch(config, tmp_path / "two")
     one = run(backbone_config(tiny_kg, backbone, *zero3, "train.grad_accum=2"), tmp_path / "one")
     assert two["workers"] == 2 and len(losses(two)) == len(losses(one)) >= 2
     assert losses(two) == pytest.approx(losses(one), rel=1e-3)
     assert two["test.mrr"] == pytest.approx(one["test.mrr"], abs=0.02)
+    s = setup(config)
+    assert any("lora_embedding_A" in name for name, p in s.model.named_parameters() if p.requires_grad)
+    for folder in kept_checkpoints(tmp_path / "two" / "ray"):
+        for part in ("model_states", "optim_states"):  # each rank writes its own ZeRO-3 partition
+            ranks = sorted(f.name for f in folder.rglob(f"*zero_pp_rank_*_{part}.pt"))
+            assert len(ranks) == 2, (folder, ranks)
+        assert_no_frozen_weight(folder, s)
 
 
 @pytest.mark.slow
-def test_embedded_default_on_two_zero3_workers(local_ray: None, tiny_kg: Path, tmp_path: Path) -> None:
+def test_embedded_default_on_two_zero3_workers_matches_one(
+    local_ray: None, tiny_kg: Path, tmp_path: Path
+) -> None:
     """The embedded backbone, fully tuned, partitioned by ZeRO-3 over 2 workers: K-ON's score
-    layers read the partitioned output head (W^S) and train."""
+    layers read the partitioned output head (W^S), and training follows 1 worker at the same
+    global batch."""
     from tests.conftest import tiny_config
 
-    metrics = launch(tiny_config(tiny_kg, *STEPS, "train.workers=2", "train.zero_stage=3"), tmp_path / "two")
-    assert metrics["workers"] == 2 and losses(metrics)[-1] < losses(metrics)[0]
+    zero3 = (*STEPS, "train.zero_stage=3")
+    two = launch(tiny_config(tiny_kg, *zero3, "train.workers=2"), tmp_path / "two")
+    one = run(tiny_config(tiny_kg, *zero3, "train.grad_accum=2"), tmp_path / "one")
+    assert two["workers"] == 2 and len(losses(two)) == len(losses(one)) >= 2
+    assert losses(two)[-1] < losses(two)[0]
+    assert losses(two) == pytest.approx(losses(one), rel=1e-3)
+    assert two["test.mrr"] == pytest.approx(one["test.mrr"], abs=0.02)

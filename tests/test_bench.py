@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,8 @@ from kon_ray.data import AnswerIndex, Queries, both_directions, load_kg
 from kon_ray.overrides import parse_overrides, set_fields
 from kon_ray.training import Setup, setup
 from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_overrides(tiny_kg: Path) -> list[str]:
@@ -148,6 +152,25 @@ def test_rank_comparison_allows_ties_within_tolerance_only() -> None:
     tied[1, 1] = -3.0  # bf16-style: the target ties an entity the reference tells apart
     result = compare_rankings(reference, tied, targets, 1e-2)
     assert result["new_ties"] == 1 and result["queries_with_new_ties"] == 1 and result["rank_mismatches"] == 1
+    assert result["first_new_ties"] == [{"query": 1, "target": 2, "tied_with": [1]}]
+    assert compare_rankings(reference, reference, targets, 1e-4)["first_new_ties"] == []
+
+
+def test_relative_score_difference_is_floored_at_the_query_scale() -> None:
+    """A score near 0 (log p near 1) differs by float32's error in the terms it is computed from,
+    which is relative to the query's scores, not to the score: it is measured against a share of
+    the query's largest |score|, while a large score's own relative difference stays as it is."""
+    from kon_ray.bench.gpu import SCALE_FLOOR, compare_rankings, relative_difference
+
+    reference = torch.tensor([[-1e-6, -8.0, -40.0]], dtype=torch.float64)
+    other = reference + torch.tensor([[4e-6, 0.0, 40.0 * 1e-3]], dtype=torch.float64)  # float32-size error near 0; 1e-3 at -40
+    relative = relative_difference(reference, other)
+    assert relative[0, 0] == pytest.approx(4e-6 / (SCALE_FLOOR * 40.0))  # not 4, as against |-1e-6|
+    assert relative[0, 2] == pytest.approx(1e-3)  # a large score keeps its own scale
+    assert relative[0, 1] == 0
+    # The rank band uses the same scale: the near-zero target is ranked 1 either way, no mismatch.
+    assert compare_rankings(reference, other, torch.tensor([0]), 1e-4)["rank_mismatches"] == 0
+    assert relative_difference(torch.zeros(1, 3), torch.zeros(1, 3)).max() == 0  # no 0 / 0
 
 
 def gpu_overrides(tiny_kg: Path) -> list[str]:
@@ -185,6 +208,8 @@ def test_bench_gpu_checks(
         record = json.loads((tmp_path / "gpu.json").read_text())
         assert record["met"], record["target"]  # scoring's and sft's targets are only reported
         assert {"scoring", "sft"} <= set(record["figures"]) and record["figures"]["peak_memory_gib"] > 0
+        assert record["figures"]["ranked_weights_dtype"] == ["bfloat16"]
+        assert "first_new_ties" in record["figures"]["ranking_bf16"]
         return
     config = apply_overrides(RunConfig(), [*overrides, "train.lr=1e-2"])
     report = gpu.run(gpu.Settings(steps=20, queries=40), config, torch.device(device))
@@ -194,6 +219,48 @@ def test_bench_gpu_checks(
     assert same["max_relative_difference"] == 0 and same["rank_mismatches"] == 0  # CPU against itself
     assert cast["queries"] == 40 and cast["max_relative_difference"] > 0  # bf16 differs, within ties
     assert report.figures["heads_dtype"] == ["bfloat16"]  # DeepSpeed's bf16 mode cast the K-ON heads
-    assert report.checks[0].met, report.figures["losses"]
+    assert report.figures["ranked_weights_dtype"] == ["bfloat16"]  # both devices rank those weights
+    # Where bf16 ties a target with entities float32 tells apart: counted, the first ones named.
+    ties = cast["first_new_ties"]
+    assert len(ties) == min(cast["queries_with_new_ties"], gpu.TIE_EXAMPLES)
+    entities = set(load_kg(str(tiny_kg)).entity_names)
+    for tie in ties:
+        assert 0 <= tie["query"] < 40 and tie["target"] in entities and set(tie["tied_with"]) <= entities
+        assert f"bf16 tie, query {tie['query']} (" in out
+    fixed = report.figures["fixed_batch_loss"]
+    assert report.checks[0].met and fixed["after"] < fixed["before"], fixed
     assert report.met  # scoring's and sft's targets (missed on this tiny model) are only reported
     assert {"scoring", "sft"} <= set(report.figures) and "== sft on cpu" in out
+
+
+def test_bench_gpu_loss_check_fails_on_a_flat_loss(
+    tiny_kg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Steps that change no weight, reporting a constant loss: the loss check fails."""
+    from kon_ray.bench import gpu
+
+    monkeypatch.setattr(gpu, "train_step", lambda *args: 1.0)
+    overrides = [*gpu_overrides(tiny_kg), "model.dtype=bfloat16", "data.test_limit=4"]
+    config = apply_overrides(RunConfig(), overrides)
+    report = gpu.run(gpu.Settings(steps=4, queries=4, sub_benchmarks=False), config, torch.device("cpu"))
+    fixed = report.figures["fixed_batch_loss"]
+    assert fixed["before"] == fixed["after"] and report.checks[0].met is False
+    assert "FAILED: fixed-batch loss before - after 0 (target > 0)" in capsys.readouterr().out
+
+
+def test_bench_gpu_runs_without_ray(tiny_kg: Path) -> None:
+    """``bench gpu`` needs torch, DeepSpeed and kon-ray, not Ray: its command's modules, and a run
+    of it with its scoring and sft benchmarks (on the CPU, standing in for CUDA), import no Ray module."""
+    config = [*gpu_overrides(tiny_kg), "model.dtype=bfloat16", "data.test_limit=4"]
+    code = (
+        "import sys, torch\n"
+        "import kon_ray.cli, kon_ray.bench\n"
+        "from kon_ray.bench import gpu, scoring, sft\n"
+        "from kon_ray.config import RunConfig, apply_overrides\n"
+        f"config = apply_overrides(RunConfig(), {config!r})\n"
+        "gpu.run(gpu.Settings(steps=2, queries=4), config, torch.device('cpu'))\n"
+        "print('ray:', sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "ray: []", done.stdout[-2000:]

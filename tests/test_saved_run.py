@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from kon_ray.cli import main
-from kon_ray.config import ConfigError
+from kon_ray.config import PUBLISHED_LORA_TARGETS, ConfigError
 from kon_ray.data import KnowledgeGraph, both_directions
 from kon_ray.data.queries import HEAD, TAIL
 from kon_ray.evaluation import metrics_from_table
@@ -28,8 +28,9 @@ from tests.conftest import backbone_config, tiny_config
 
 SHORT = ("train.max_steps=6", "train.evals_per_epoch=9")
 
-# Run in a fresh process: rebuild the export with transformers, peft and the K-ON heads alone,
-# and print the target score of each of the run's test queries.
+# Run in a fresh process: rebuild the export with transformers, peft and kon_ray's model module
+# (the K-ON heads); print the target score of each of the run's test queries and the heavy modules
+# it loaded.
 LOAD_EXPORT = """
 import json, sys
 from pathlib import Path
@@ -64,7 +65,8 @@ with torch.no_grad():
         last = torch.tensor([ids.shape[1] - 1])
         batch = Batch(input_ids=ids, attention_mask=torch.ones_like(ids), last=last)
         scores.append(model.scores_all(batch, table["tokens"], table["mask"])[0, row.target].item())
-print(json.dumps(scores))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("deepspeed", "ray"))
+print(json.dumps({"scores": scores, "heavy": heavy}))
 """
 
 
@@ -80,7 +82,9 @@ def export_scores(out: Path, ranks: Path) -> list[float]:
         [sys.executable, "-c", LOAD_EXPORT, str(out), str(ranks)], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["heavy"] == []  # neither DeepSpeed nor Ray: kon_ray's model module alone
+    return loaded["scores"]
 
 
 def test_run_folder_keeps_its_best_weights_and_tokenizer(
@@ -121,19 +125,45 @@ def test_embedded_export_loads_in_a_fresh_process_with_the_run_scores(trained: P
                                ranks["target_score"], rtol=1e-4)  # fmt: skip
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_lora_export_loads_with_peft_on_the_base_with_the_run_scores(
-    backbones: Callable[[str], Path], tiny_kg: Path, tmp_path: Path, family: str
+PUBLISHED = f"model.lora_targets={','.join(PUBLISHED_LORA_TARGETS)}"
+# (family, further overrides, the export's weights folder)
+EXPORTS = [
+    ("llama", (), "adapter"),
+    ("gpt2", (), "adapter"),
+    ("llama", (PUBLISHED,), "adapter"),
+    ("qwen2", ("model.backbone_tuning=full",), "model"),
+]
+
+
+@pytest.mark.parametrize(
+    ("family", "extra", "weights"), EXPORTS, ids=[f"{f}-{'-'.join(e) or 'default'}" for f, e, _ in EXPORTS]
+)
+def test_pretrained_export_loads_on_the_base_with_the_run_scores(
+    backbones: Callable[[str], Path], tiny_kg: Path, tmp_path: Path, family: str, extra: tuple[str, ...],
+    weights: str,
 ) -> None:
-    """A SentencePiece Llama without a pad token, and a GPT-2 with tied embeddings."""
+    """A SentencePiece Llama without a pad token, a GPT-2 with tied embeddings, LoRA on the Llama's
+    embedding (the published targets: peft's LoRA embedding, the base's own embedding left out of the
+    adapter), and a fully tuned Qwen2 (the whole model in model/, no adapter)."""
     base = backbones(family)
     out = tmp_path / "run"
-    run(backbone_config(tiny_kg, base, "data.prompt=compact", "data.test_limit=6", *SHORT), out)
+    run(backbone_config(tiny_kg, base, "data.prompt=compact", "data.test_limit=6", *SHORT, *extra), out)
     names = load_file(str(out / "model" / "trainable.safetensors")).keys()
-    assert names and all("lora_" in n or n.startswith("kon.") for n in names)  # never the frozen backbone
     main(["export", str(out), "--out", str(tmp_path / "export")])
-    adapter = json.loads((tmp_path / "export" / "adapter" / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == str(base.resolve())
+    kon = json.loads((tmp_path / "export" / "kon.json").read_text())
+    assert kon["weights"] == weights and kon["backbone"] == str(base.resolve())
+    if weights == "adapter":
+        assert names and all("lora_" in n or n.startswith("kon.") for n in names)  # never the frozen backbone
+        adapter = json.loads((tmp_path / "export" / "adapter" / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str(base.resolve())
+        saved = load_file(str(tmp_path / "export" / "adapter" / "adapter_model.safetensors"))
+        assert all("lora_" in n for n in saved)  # not the base's own embedding either
+        if PUBLISHED in extra:
+            assert sorted(adapter["target_modules"]) == sorted(PUBLISHED_LORA_TARGETS)
+            assert any("lora_embedding_A" in n for n in saved)
+    else:
+        assert not (tmp_path / "export" / "adapter").exists()
+        assert (tmp_path / "export" / "model" / "config.json").is_file()
     ranks = pd.read_parquet(out / "ranks.parquet")
     scores = export_scores(tmp_path / "export", out / "ranks.parquet")
     np.testing.assert_allclose(scores, ranks["target_score"], rtol=1e-4)

@@ -34,7 +34,7 @@ class Check:
 
     name: str
     value: float
-    op: Literal[">=", "<="] | None = None
+    op: Literal[">=", "<=", ">"] | None = None
     bound: float | None = None
     unit: str = ""
 
@@ -42,7 +42,8 @@ class Check:
     def met(self) -> bool | None:
         if self.op is None or self.bound is None:
             return None
-        return self.value >= self.bound if self.op == ">=" else self.value <= self.bound
+        value, bound = self.value, self.bound
+        return {">=": value >= bound, "<=": value <= bound, ">": value > bound}[self.op]
 
     def text(self) -> str:
         target = "reported" if self.met is None else f"target {self.op} {self.bound:g}{self.unit}"

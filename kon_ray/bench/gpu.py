@@ -6,12 +6,16 @@ shape, ``model.embedded.*``; its weights rounded to bfloat16 so that every copy 
 numbers), tuned with LoRA. It checks, one verdict each:
 
 - training: ``steps`` optimiser steps in bf16 (DeepSpeed's bf16 mode casts the K-ON heads too);
-  the loss must fall; peak GPU memory and steps per second are reported;
-- ranking: the trained weights rank the test queries on CUDA and on the CPU in float32: scores
-  within ``rtol`` relative, each target's rank equal up to ties at that tolerance;
-- bf16 ranking: the engine's bf16 model as training left it ranks on CUDA against the CPU's
-  float32: target ranks equal up to ties at ``bf16_rtol``; where bf16 ties a target with other
-  entities that float32 tells apart is counted;
+  the loss of one fixed batch (step 0's first micro-batch and negatives, in eval mode: a function
+  of the weights alone, which unchanged weights leave as it was) must fall strictly;
+  peak GPU memory and steps per second are reported;
+- ranking: the same weights, as training left them (bf16-cast K-ON heads and LoRA, on the
+  bf16-rounded backbone), rank the test queries in float32 on CUDA and on the CPU: scores within
+  ``rtol`` relative, each target's rank equal up to ties at that tolerance;
+- bf16 ties: the engine's bf16 model, ranking as evaluation does with bf16 weights, against the
+  float32 ranking of the same weights on the same device: target ranks equal up to ties at
+  ``bf16_rtol``; the queries where bf16 ties a target with entities that float32 tells apart are
+  counted and the first of them named;
 - the ``scoring`` and ``sft`` benchmarks on CUDA, on the same saved backbone; their ratios and
   whether they meet their targets are reported, the verdict being the machine's, not K-ON's.
 """
@@ -31,12 +35,19 @@ import torch
 from kon_ray.bench.common import Check, Report, announce, describe, engine_for, hardware, load, show, sync
 from kon_ray.bench.common import train_batch, train_step, verdict
 from kon_ray.config import RunConfig, apply_overrides
+from kon_ray.data import sample_negatives
 
 BASE = {"model.dtype": "bfloat16"}
 DEVICE = "cuda"
 """The device this benchmark needs: ``run_benchmark`` refuses any other before it starts (``run``
 itself also runs on a CPU, for the tests)."""
 SUB_BENCHMARKS = ("scoring", "sft")
+SCALE_FLOOR = 1e-2
+"""A score's relative difference is taken against at least this share of its query's largest
+|score|: float32's error in a score follows the magnitudes it is computed from (log p near 0 is a
+difference of two large terms), not the score itself."""
+TIE_EXAMPLES = 5
+"""Queries where bf16 creates ties that the record names, and entities named per query."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,8 @@ class Settings:
     rtol: float = 1e-4
     """Relative tolerance of CUDA's float32 scores against the CPU's."""
     bf16_rtol: float = 1e-2
-    """Relative tolerance of the bf16 ranking's target ranks (bfloat16 keeps 8 bits: 2^-8 = 0.004)."""
+    """Relative tolerance of the bf16 ranking's target ranks against float32's (bfloat16 keeps 8 bits:
+    2^-8 = 0.004)."""
     sub_benchmarks: bool = True
     """Run the scoring and sft benchmarks on CUDA too."""
 
@@ -69,6 +81,20 @@ def save_backbone(config: RunConfig, folder: Path) -> Path:
     return folder
 
 
+def score_scale(scores: torch.Tensor) -> torch.Tensor:
+    """(B, E) |scores|, each floored at ``SCALE_FLOOR`` x its query's largest |score| (and at float32's
+    tiny value, for a query scoring every entity 0): what a score's relative difference is taken against."""
+    magnitude = scores.abs()
+    floor = SCALE_FLOOR * magnitude.amax(1, keepdim=True)
+    return torch.maximum(magnitude, floor).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def relative_difference(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """(B, E) |other - reference| relative to ``score_scale(reference)``."""
+    reference, other = reference.double(), other.double()
+    return (other - reference).abs() / score_scale(reference)
+
+
 def compare_rankings(
     reference: torch.Tensor, other: torch.Tensor, targets: torch.Tensor, rtol: float
 ) -> dict[str, Any]:
@@ -76,26 +102,33 @@ def compare_rankings(
 
     A target's rank in ``other`` (realistic: ties counted half) must lie in the band of ranks
     the reference allows at ``rtol``: from 1 + the entities scoring above it by more than
-    ``rtol`` x |score| to the entities scoring at least as high less that margin. ``new_ties``
-    counts entities that tie the target exactly in ``other`` but not in the reference.
+    ``rtol`` x its ``score_scale`` to the entities scoring at least as high less that margin.
+    ``new_ties`` counts entities that tie the target exactly in ``other`` but not in the
+    reference; ``first_new_ties`` names the first ``TIE_EXAMPLES`` such queries (index in the
+    batch, target, the first tied entities).
     """
     reference, other = reference.double(), other.double()
     rows = torch.arange(len(targets))
     ref_target, other_target = reference[rows, targets, None], other[rows, targets, None]
-    margin = rtol * ref_target.abs()
+    margin = rtol * score_scale(reference)[rows, targets, None]
     best = 1 + (reference > ref_target + margin).sum(1)
     worst = (reference >= ref_target - margin).sum(1)
     above, equal = (other > other_target).sum(1), (other == other_target).sum(1)
     rank = 1 + above + (equal - 1) / 2
     mismatched = (rank < best) | (rank > worst)
-    ties = ((other == other_target) & (reference != ref_target)).sum(1)
-    relative = (other - reference).abs() / reference.abs().clamp_min(torch.finfo(torch.float32).tiny)
+    tied = (other == other_target) & (reference != ref_target)
+    ties = tied.sum(1)
+    first = [
+        {"query": q, "target": int(targets[q]), "tied_with": tied[q].nonzero()[:TIE_EXAMPLES, 0].tolist()}
+        for q in (ties > 0).nonzero()[:TIE_EXAMPLES, 0].tolist()
+    ]
     return {
-        "max_relative_difference": float(relative.max()),
+        "max_relative_difference": float(relative_difference(reference, other).max()),
         "rank_mismatches": int(mismatched.sum()),
         "queries": len(targets),
         "queries_with_new_ties": int((ties > 0).sum()),
         "new_ties": int(ties.sum()),
+        "first_new_ties": first,
     }
 
 
@@ -120,11 +153,42 @@ def train(s: Any, engine: Any, steps: int) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def fixed_batch_loss(s: Any) -> float:
+    """The loss of step 0's first micro-batch against its negatives, in eval mode (no dropout): the
+    same queries, negatives and arithmetic each time, so that only a change of weights moves it."""
+    from kon_ray.training import compute_losses, micro_seed
+
+    queries = train_batch(s, 0).take(slice(0, s.config.train.micro_batch))
+    seed = micro_seed(s.config.train.seed, 0, 0)
+    generator = torch.Generator().manual_seed(seed)
+    negatives = sample_negatives(s.train_index, queries, s.config.loss.negatives, generator)
+    was_training = s.model.training
+    s.model.eval()
+    loss = compute_losses(s, queries, negatives.to(s.device))["loss"].item()
+    s.model.train(was_training)
+    return loss
+
+
+@torch.no_grad()
 def rank_scores(s: Any, queries: Any) -> torch.Tensor:
     """(B, E) scores of every entity for ``queries`` as evaluation computes them, returned on the CPU."""
     s.model.eval()
     batch = s.encoded.batch(queries, with_targets=False).to(s.device)
     return s.model.scores_all(batch, s.entity_tokens, s.entity_mask).float().cpu()
+
+
+def named_ties(first: list[dict[str, Any]], kg: Any, queries: Any) -> list[dict[str, Any]]:
+    """``compare_rankings``' first new ties, each query and entity by name."""
+    from kon_ray.data.queries import TAIL
+
+    entities = kg.entity_names
+    return [
+        {"query": tie["query"], "anchor": entities[int(queries.anchor[tie["query"]])],
+         "relation": kg.relation_names[int(queries.relation[tie["query"]])],
+         "direction": "tail" if queries.direction[tie["query"]] == TAIL else "head",
+         "target": entities[tie["target"]], "tied_with": [entities[e] for e in tie["tied_with"]]}
+        for tie in first
+    ]
 
 
 def float32_copy(config: RunConfig, weights: dict[str, torch.Tensor], device: torch.device) -> Any:
@@ -156,34 +220,45 @@ def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
             {**describe(s), "steps": settings.steps, "precision": str(s.precision), **hardware(device)}
         )
         engine = engine_for(s)
+        before = fixed_batch_loss(s)
         trained = train(s, engine, settings.steps)
+        after = fixed_batch_loss(s)
         losses = trained["losses"]
         tail = max(1, len(losses) // 5)
         first, last = sum(losses[:tail]) / tail, sum(losses[-tail:]) / tail
         show(f"training: loss {first:.3f} -> {last:.3f} (means of the first and last {tail} steps), "
-             f"{trained['steps_per_s']:.1f} steps/s, peak GPU memory {trained['peak_memory_gib']:.2f} GiB")
+             f"{trained['steps_per_s']:.1f} steps/s, peak GPU memory {trained['peak_memory_gib']:.2f} GiB; "
+             f"fixed batch {before:.4f} -> {after:.4f}")
         heads = {str(p.dtype).removeprefix("torch.") for p in engine.module.kon.parameters()}
+        weights = trainable_state(engine.module)
+        ranked = {str(w.dtype).removeprefix("torch.") for w in weights.values()}
         queries = both_directions(s.kg.test).take(slice(0, settings.queries))
         targets = torch.as_tensor(queries.target)
         bf16 = rank_scores(s, queries)
-        weights = trainable_state(engine.module)
         cpu = rank_scores(float32_copy(config, weights, torch.device("cpu")), queries)
-        cuda = rank_scores(float32_copy(config, weights, device), queries)
-        same = compare_rankings(cpu, cuda, targets, settings.rtol)
-        cast = compare_rankings(cpu, bf16, targets, settings.bf16_rtol)
-        show(f"ranking: {device.type} float32 vs CPU float32 over {same['queries']} queries: "
+        on_device = rank_scores(float32_copy(config, weights, device), queries)
+        same = compare_rankings(cpu, on_device, targets, settings.rtol)
+        cast = compare_rankings(on_device, bf16, targets, settings.bf16_rtol)
+        cast["first_new_ties"] = named_ties(cast["first_new_ties"], s.kg, queries)
+        show(f"ranking: the trained weights ({', '.join(sorted(ranked))}) in float32, {device.type} vs CPU "
+             f"over {same['queries']} queries: "
              f"max relative difference {same['max_relative_difference']:.2e}, "
              f"{same['rank_mismatches']} target ranks outside the ties at {settings.rtol:g}")
-        show(f"bf16 ranking (K-ON heads {', '.join(sorted(heads))}): "
-             f"max relative difference {cast['max_relative_difference']:.2e}, "
+        show(f"bf16 ranking (K-ON heads {', '.join(sorted(heads))}) vs float32, the same weights on "
+             f"{device.type}: max relative difference {cast['max_relative_difference']:.2e}, "
              f"{cast['rank_mismatches']} target ranks outside the ties at {settings.bf16_rtol:g}; "
              f"bf16 ties the target with {cast['new_ties']} entities that float32 tells apart, "
              f"in {cast['queries_with_new_ties']} of {cast['queries']} queries")
+        for tie in cast["first_new_ties"]:
+            query = f"{tie['anchor']}, {tie['relation']}, {tie['direction']}"
+            tied = ", ".join(tie["tied_with"])
+            show(f"  bf16 tie, query {tie['query']} ({query}): {tie['target']} with {tied}")
         figures: dict[str, Any] = {
-            **trained, "heads_dtype": sorted(heads), "ranking_float32": same, "ranking_bf16": cast,
+            **trained, "fixed_batch_loss": {"before": before, "after": after}, "heads_dtype": sorted(heads),
+            "ranked_weights_dtype": sorted(ranked), "ranking_float32": same, "ranking_bf16": cast,
         }
         checks = [
-            Check("loss first - last", first - last, ">=", 0.0),
+            Check("fixed-batch loss before - after", before - after, ">", 0.0),
             Check("CUDA vs CPU max relative score difference", same["max_relative_difference"], "<=",
                   settings.rtol),
             Check("CUDA vs CPU target ranks outside ties", same["rank_mismatches"], "<=", 0),

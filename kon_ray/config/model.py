@@ -38,8 +38,9 @@ class EmbeddedBackboneConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = field(default=EMBEDDED, metadata={
-        "help": "'embedded' (a small Llama built from model.embedded, never downloaded) or any Hugging Face "
-                "causal-LM path or id (e.g. meta-llama/Llama-2-7b-chat-hf).",
+        "help": "'embedded' (a small Llama built from model.embedded, never downloaded) or a Hugging Face "
+                "causal-LM path or id (e.g. meta-llama/Llama-2-7b-chat-hf); the Llama, GPT-2 and Qwen2 "
+                "families are tested (docs/backbones.md).",
         "paper": "meta-llama/Llama-2-7b-chat-hf"})
     embedded: EmbeddedBackboneConfig = field(default_factory=EmbeddedBackboneConfig, metadata={
         "help": "The embedded backbone's dimensions (used when backbone='embedded')."})
