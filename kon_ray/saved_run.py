@@ -1,4 +1,4 @@
-"""A trained run, loaded again from what it left on disk; and its export for use without kon-ray.
+"""A trained run, loaded again from what it left on disk; and its export, for use without the run folder.
 
 RUN is a run folder (``kon-ray train --out``, with or without Ray), its ``model/`` folder, or a
 study trial: ``<study folder>/<trial id>``, the trial's Tune folder, or its Ray Train run
@@ -105,7 +105,7 @@ def load_run(
 
 
 def export(run: SavedRun, out: Path) -> list[Path]:
-    """Write ``run`` for use with transformers and peft alone; returns the paths written.
+    """Write ``run`` as a peft adapter (or a whole model), K-ON heads and settings; returns the paths written.
 
     A LoRA-tuned pretrained backbone gives ``adapter/`` (peft's format, for
     ``PeftModel.from_pretrained`` on the base); a fully tuned one, or the embedded backbone,
