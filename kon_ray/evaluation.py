@@ -110,7 +110,9 @@ def rank_queries(
     """
     if chunk < 1:
         raise ValueError(f"chunk={chunk}: must be >= 1")
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*TIES, "target_score")}
+    # Filled in place: a small array kept per chunk would split the heap block that the chunk's
+    # (chunk, E) temporaries freed (glibc), and the process would grow with every chunk.
+    ranked = {name: np.empty(len(queries)) for name in (*TIES, "target_score")}
     for start in range(0, len(queries), chunk):
         batch = queries.take(slice(start, start + chunk))
         scores = score_fn(batch)
@@ -118,12 +120,12 @@ def rank_queries(
             raise ValueError(f"score_fn returned {scores.shape[0]} rows for {len(batch)} queries")
         targets = torch.as_tensor(batch.target, device=scores.device)
         ranks = filtered_ranks(scores, targets, index.mask(batch).to(scores.device))
+        rows = slice(start, start + len(batch))
         for name in TIES:
-            parts[name].append(getattr(ranks, name).cpu().numpy())
-        parts["target_score"].append(scores.gather(1, targets.unsqueeze(1)).squeeze(1).double().cpu().numpy())
+            ranked[name][rows] = getattr(ranks, name).cpu().numpy()
+        ranked["target_score"][rows] = scores.gather(1, targets.unsqueeze(1)).squeeze(1).double().cpu().numpy()
     columns = {name: np.asarray(getattr(queries, name), dtype=np.int64) for name in QUERY_COLUMNS}
-    columns |= {name: np.concatenate(values) if values else np.empty(0) for name, values in parts.items()}
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns | ranked)
 
 
 def metrics_from_table(table: pd.DataFrame, ties: Ties = "realistic") -> dict[str, float]:

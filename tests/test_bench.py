@@ -125,12 +125,12 @@ def test_bench_scale_synthetic_kg_is_seeded_heavy_tailed_and_loadable(tmp_path: 
     assert (degree == 0).sum() <= 2 * settings.held_out and degree.max() > 20 * np.median(degree)  # heavy tail
     words = np.array([len(n.split()) for n in kg.entity_names])
     assert 2 < words.mean() < 3.5 and words.max() <= 6
-    stage = {"seconds": 1.0, "peak_mb": 1000.0}
+    stage = {"seconds": 1.0, "peak_mb": 1000.0, "increment_mb": 20.0}
     figures = {str(n): {name: dict(stage) for name in ("imports", "negatives")} for n in (10, 100)}
-    figures["100"]["negatives"] = {"seconds": 10.0, "peak_mb": 1900.0}  # 900 MB above imports, 10 x 1 MB...
-    figures["10"]["negatives"]["peak_mb"] = 1090.0  # ...against 90 MB: linear
+    figures["100"]["negatives"] = {"seconds": 10.0, "peak_mb": 1900.0, "increment_mb": 400.0}  # 900 MB above
+    figures["10"]["negatives"]["peak_mb"] = 1090.0  # imports against 90 MB: linear; its own 400 against 20 MB
     grown = _exponents(Settings(sizes=(10, 100)), figures)["negatives"]
-    assert grown == pytest.approx({"time": 1.0, "peak above imports": 1.0})
+    assert grown == pytest.approx({"time": 1.0, "peak above imports": 1.0, "increment": np.log10(20)})
 
 
 def test_rank_comparison_allows_ties_within_tolerance_only() -> None:
@@ -264,3 +264,25 @@ def test_bench_gpu_runs_without_ray(tiny_kg: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1] == "ray: []", done.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_bench_scale_records_every_stage(tiny_kg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kon_ray.bench.scale import STAGES
+
+    settings = ["sizes=2000", "held_out=40", "ranked=20", "rank_budget_mb=1", f"folder={tmp_path / 'scale'}"]
+    main(["bench", "scale", *settings, *tiny_overrides(tiny_kg), "--out", str(tmp_path), "--device", "cpu"])
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "scale.json").read_text())
+    stages = record["figures"]["stages"]["2000"]
+    assert set(stages) == set(STAGES) and record["figures"]["exponents"] == {}
+    for stage, figures in stages.items():
+        assert figures["seconds"] >= 0 and figures["increment_mb"] >= 0, stage
+        assert figures["peak_mb"] >= max(figures["before_mb"], figures["resident_mb"] + figures["increment_mb"] - 1e-6)
+        assert f"2,000 {stage:<21}" in out
+    imports = stages["imports"]["peak_mb"]
+    assert stages["load+tokenise cold"]["increment_mb"] > 0 and stages["load+tokenise cold"]["prompts"] > 0
+    for stage in ("negatives", "training step", "ranking"):  # above what the stage loaded first
+        assert stages[stage]["increment_mb"] < stages[stage]["peak_mb"] - imports, stage
+    assert stages["ranking"]["queries"] == 20 and stages["ranking"]["chunk"] >= 1
+    assert record["checks"][0]["name"] == "peak of the largest stage at 2,000 entities"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import shutil
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ import torch
 from kon_ray.config import ConfigError
 from kon_ray.distributed import check_resources, launch, start_ray
 from kon_ray.training.monitor import TENSORBOARD_DIR
-from tests.conftest import read_scalars, tiny_config
+from tests.conftest import backbone_config, read_scalars, tiny_config
 
 # The same global batch of 16 queries per step, split over 1 or 2 workers.
 STEPS = ["train.max_steps=8", "train.evals_per_epoch=4", "train.batch_size=16", "train.threads=1"]
@@ -164,9 +165,35 @@ def test_more_gpus_than_the_cluster_has_is_rejected_before_workers_start(tiny_kg
         check_resources(big, {"CPU": 32.0, "GPU": 8.0}, [{"GPU": 4.0}, {"GPU": 4.0}])
 
 
-def test_launch_rejects_before_starting_ray(tiny_kg: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def ray_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``launch`` fails the test if it starts Ray (a check left to the workers would need it)."""
+    from kon_ray.distributed import train_run
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("launch started Ray before refusing the config")
+
+    monkeypatch.setattr(train_run, "start_ray", refuse)
+
+
+def test_launch_rejects_before_starting_ray(ray_refused: None, tiny_kg: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loss.negatives"):
         launch(tiny_config(tiny_kg, "loss.negatives=100000"), tmp_path)
+
+
+def test_launch_refuses_a_name_merging_with_the_prompt_before_starting_ray(
+    ray_refused: None, tiny_kg: Path, tmp_path: Path, backbones: Callable[[str], Path]
+) -> None:
+    folder = shutil.copytree(backbones("llama"), tmp_path / "merging")
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["model"]["vocab"]["=▁"] = len(spec["model"]["vocab"])
+    spec["model"]["merges"].insert(0, ["=", "▁"])  # '=' then ' Name': eq. 8's tokens are not the name's
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match=r"merges the entity name '\w+' with the prompt's last word '='"):
+        launch(backbone_config(tiny_kg, folder, "data.prompt=compact"), tmp_path / "run")
+    plain = backbone_config(tiny_kg, backbones("llama"), "data.prompt=compact")
+    with pytest.raises(AssertionError, match="started Ray"):  # the unmodified tokenizer passes
+        launch(plain, tmp_path / "run")
 
 
 @pytest.mark.gpu

@@ -199,19 +199,71 @@ def test_a_json_record_is_one_row(tmp_path: Path) -> None:
     assert not matches(numbers("1.4")[0], row)
 
 
-def test_readme_tsv_example_loads(tmp_path: Path) -> None:
+def readme_example(layout: str, folder: Path) -> tuple[str, Path]:
+    """The README's five lines of ``layout`` (``file:line``, as grep prints them) written to ``folder``,
+    each split the example leaves out given its first training line; and the paragraph above them."""
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(rf"\*\*{re.escape(layout)}\*\*(.*?)```text\n(.*?)```", readme, re.DOTALL)
+    assert found, f"README.md: no {layout} example"
+    folder.mkdir()
+    for line in found.group(2).splitlines():
+        name, _, content = line.partition(":")
+        with (folder / name).open("a") as f:
+            f.write(content + "\n")
+    train = next(folder.glob("train*"))
+    for split in ("valid", "test"):
+        path = folder / train.name.replace("train", split)
+        if not path.exists():
+            path.write_text(train.read_text().splitlines(keepends=True)[0])
+    return found.group(1), folder
+
+
+def test_readme_data_examples_load(tmp_path: Path) -> None:
     from kon_ray.data import load_kg
 
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"\*\*TSV labels\*\*.*?```text\n(.*?)```", readme, re.DOTALL)
-    assert block, "README.md: no TSV labels example"
-    for line in block.group(1).splitlines():  # file:line, as grep prints them
-        name, _, content = line.partition(":")
-        with (tmp_path / name).open("a") as f:
-            f.write(content + "\n")
-    kg = load_kg(str(tmp_path))
+    _, folder = readme_example("Ids files", tmp_path / "ids")
+    kg = load_kg(str(folder))
+    assert kg.entity_names == ("Anarchism", "Franciaország") and kg.relation_names == ("see also", "country")
+    assert kg.train.tolist() == [[0, 0, 1]]  # head tail relation
+
+    _, folder = readme_example("TSV labels", tmp_path / "labels")
+    kg = load_kg(str(folder))
     assert (len(kg.train), len(kg.valid), len(kg.test)) == (3, 1, 1)
-    assert kg.entity_names[:2] == ("Barack Obama", "Michelle Obama") and "place of birth" in kg.relation_names
+    assert kg.entity_names[:3] == ("Barack Obama", "Michelle Obama", "Honolulu")
+    assert kg.relation_names == ("spouse", "place of birth", "located in")
+
+    text, folder = readme_example("TSV ids with names", tmp_path / "named")
+    kg = load_kg(str(folder))
+    assert kg.entity_names == ("Barack Obama", "Michelle Obama", "Honolulu")
+    assert kg.train.tolist() == [[0, 0, 1], [0, 1, 2]]
+    said = re.search(r"relations as `([^`]+)` and `([^`]+)`", " ".join(text.split()))
+    assert said and kg.relation_names == said.groups()  # the side without a names file, named by its ids
+
+
+def test_readme_states_when_loss_negatives_must_be_lowered(tmp_path: Path) -> None:
+    from kon_ray.config import ConfigError, RunConfig, apply_overrides
+    from kon_ray.data import check_data, load_kg
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = re.search(r"`loss\.negatives` \((\d+) by default\) must be below the number of entities, so a KG "
+                     r"of at most (\d+) entities needs a smaller one", readme)  # fmt: skip
+    assert said, "README.md: no sentence on loss.negatives and the number of entities"
+    default, most = map(int, said.groups())
+    assert default == RunConfig().loss.negatives == most
+
+    def ring(entities: int) -> Path:
+        folder = tmp_path / str(entities)
+        folder.mkdir()
+        lines = [f"e{i}\tr\te{(i + 1) % entities}\n" for i in range(entities)]
+        for split, part in (("train", lines[2:]), ("valid", lines[:1]), ("test", lines[1:2])):
+            (folder / f"{split}.tsv").write_text("".join(part))
+        return folder
+
+    small = load_kg(str(ring(most)))
+    with pytest.raises(ConfigError, match=r"loss\.negatives=\d+ or lower"):
+        check_data(RunConfig(), small)
+    check_data(apply_overrides(RunConfig(), ["loss.negatives=32"]), small)
+    check_data(RunConfig(), load_kg(str(ring(most + 1))))
 
 
 RECORDED_STUDIES = {"db15k-15min.csv": "cpu_15min.py", "db15k-equal-queries.csv": "cpu_equal_queries.py"}

@@ -3,21 +3,24 @@
 Each KG has names of realistic token lengths (1-6 pseudo-words of 1-3 syllables), a heavy-tailed
 (Zipf) degree distribution, a few hundred Zipf-distributed relations and about 5 training triples
 per entity, as in Wikidata5M; it is written once in the TSV layout with ids and names. Each stage
-runs in a fresh process (a process's peak never falls), which reports its wall time and peak
-resident memory: load + tokenise cold (empty cache: the BPE tokenizer is trained and every prompt
-tokenised) and cached, the negatives of one default step, one default training step, and the
-filtered ranking of ``ranked`` test queries against every entity in chunks derived from
-``rank_budget_mb``. The growth exponent of a stage is log(x(1M) / x(100k)) / log(10), of its time
-and of its peak above a process that only imports the same libraries (each taken as at least 10 ms
-and 16 MB, below which a difference is noise).
+runs in a fresh process, which reports its wall time, the process's peak resident memory (the
+total, with what the stage loads first) and the stage's own increment (its peak above the
+resident memory just before it; ``measure``): load + tokenise cold (empty cache: the BPE tokenizer
+is trained and every prompt tokenised) and cached, the negatives of one default step, one default
+training step, and the filtered ranking of ``ranked`` test queries against every entity in chunks
+derived from ``rank_budget_mb``. The growth exponent of a stage is log(x(1M) / x(100k)) / log(10),
+of its time, of its peak above a process that only imports the same libraries and of its increment
+(each taken as at least 10 ms and 16 MB, below which a difference is noise).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 import os
-import resource
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -37,7 +40,7 @@ SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"] + ["an", "el", "o
 STAGES = ("imports", "load+tokenise cold", "load+tokenise cached", "negatives", "training step", "ranking")
 
 Figures = dict[str, dict[str, dict[str, float]]]
-"""size -> stage -> seconds, peak_mb, before_mb (and stage-specific counts)."""
+"""size -> stage -> ``measure``'s figures (and stage-specific counts)."""
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,36 @@ def _zipf_draws(rng: np.random.Generator, n: int, size: int, exponent: float) ->
     return np.minimum(np.searchsorted(cdf, rng.random(size)), n - 1)
 
 
-def _peak_mb() -> float:
-    """This process's peak resident memory since it started: VmHWM, not getrusage's ru_maxrss, which
-    keeps the parent's resident size at the fork before the child's exec."""
+def _status_mb(field: str) -> float:
+    """``VmHWM`` (peak resident memory since the process started or its peak was reset) or ``VmRSS``
+    (resident now) of this process, in MB; not getrusage's ru_maxrss, which keeps the parent's
+    resident size at the fork before the child's exec and cannot be reset."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux: not on /proc systems
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def measure(work: Callable[[], dict[str, float] | None]) -> dict[str, float]:
+    """``work``'s seconds and memory (Linux), with what it returns:
+
+    ``before_mb``: the process's peak before it; ``resident_mb``: its resident memory just before it,
+    once freed memory is returned to the system (so reusing it counts); ``increment_mb``: the peak
+    during ``work`` above ``resident_mb``; ``peak_mb``: the process's peak after it (the total).
+    """
+    before = _status_mb("VmHWM")
+    gc.collect()
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's: freed heap pages go back
+    if trim is not None:
+        trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from the resident size
+    resident = _status_mb("VmRSS")
+    start = time.perf_counter()
+    counts = work() or {}
+    seconds = time.perf_counter() - start
+    during = _status_mb("VmHWM")
+    return {"seconds": seconds, "before_mb": before, "resident_mb": resident, "increment_mb": during - resident,
+            "peak_mb": max(before, during), **counts}  # fmt: skip
 
 
 def _setup(config: RunConfig) -> Any:
@@ -115,7 +141,7 @@ def _setup(config: RunConfig) -> Any:
 
 
 def _stage(stage: str, config_dict: dict[str, Any], settings: Settings, cache: str) -> dict[str, float]:
-    """One stage in this (fresh) process: its seconds, the process's peak before it and after it."""
+    """One stage in this (fresh) process: ``measure``'s figures of its work, after what it loads first."""
     os.environ["KON_RAY_CACHE"] = cache
     config = RunConfig.from_dict(config_dict)
     from kon_ray.backbone import load_tokenizer
@@ -125,24 +151,28 @@ def _stage(stage: str, config_dict: dict[str, Any], settings: Settings, cache: s
     from kon_ray.training import setup  # noqa: F401  (imports as a training process does)
 
     if stage == "imports":
-        return {"seconds": 0.0, "before_mb": _peak_mb(), "peak_mb": _peak_mb()}
+        return measure(lambda: None)
     if stage.startswith("load+tokenise"):
-        before, start = _peak_mb(), time.perf_counter()
-        kg = load_kg(config.data.dataset)
-        tokenizer = load_tokenizer(config.model, kg, config.data.prompt)
-        encoded = encode_kg(kg, tokenizer, config.data.prompt, config.model.k, config.data.anchor_tokens)
-        return {"seconds": time.perf_counter() - start, "before_mb": before, "peak_mb": _peak_mb(),
-                "prompts": float(len(encoded.prompt_keys))}  # fmt: skip
+
+        def load_and_tokenise() -> dict[str, float]:
+            kg = load_kg(config.data.dataset)
+            tokenizer = load_tokenizer(config.model, kg, config.data.prompt)
+            encoded = encode_kg(kg, tokenizer, config.data.prompt, config.model.k, config.data.anchor_tokens)
+            return {"prompts": float(len(encoded.prompt_keys))}
+
+        return measure(load_and_tokenise)
     if stage == "negatives":
         kg = load_kg(config.data.dataset)
         index = AnswerIndex.build([kg.train], kg.num_entities, kg.num_relations)
         queries = both_directions(kg.train)
         batch = queries.take(np.random.default_rng(0).permutation(len(queries))[: config.train.global_batch])
-        before, start = _peak_mb(), time.perf_counter()
-        for micro in range(config.train.grad_accum):
-            part = batch.take(slice(micro * config.train.micro_batch, (micro + 1) * config.train.micro_batch))
-            sample_negatives(index, part, config.loss.negatives, torch.Generator().manual_seed(micro))
-        return {"seconds": time.perf_counter() - start, "before_mb": before, "peak_mb": _peak_mb()}
+
+        def negatives() -> None:
+            for micro in range(config.train.grad_accum):
+                part = batch.take(slice(micro * config.train.micro_batch, (micro + 1) * config.train.micro_batch))
+                sample_negatives(index, part, config.loss.negatives, torch.Generator().manual_seed(micro))
+
+        return measure(negatives)
     s = _setup(config)
     if stage == "training step":
         from kon_ray.bench.common import engine_for, train_batch, train_step
@@ -150,9 +180,11 @@ def _stage(stage: str, config_dict: dict[str, Any], settings: Settings, cache: s
         engine = engine_for(s)
         queries = train_batch(s, config.train.seed)
         train_step(s, engine, queries, config.loss.negatives, 0)  # warm-up: first-call allocations
-        before, start = _peak_mb(), time.perf_counter()
-        train_step(s, engine, queries, config.loss.negatives, 1)
-        return {"seconds": time.perf_counter() - start, "before_mb": before, "peak_mb": _peak_mb()}
+
+        def step() -> None:
+            train_step(s, engine, queries, config.loss.negatives, 1)
+
+        return measure(step)
     chunk = max(1, min(config.eval.query_chunk, settings.rank_budget_mb * 2**20 // (16 * s.kg.num_entities)))
     queries = both_directions(s.kg.test).take(slice(0, settings.ranked))
     s.model.eval()
@@ -161,10 +193,11 @@ def _stage(stage: str, config_dict: dict[str, Any], settings: Settings, cache: s
         batch = s.encoded.batch(part, with_targets=False).to(s.device)
         return s.model.scores_all(batch, s.entity_tokens, s.entity_mask).float()
 
-    before, start = _peak_mb(), time.perf_counter()
-    rank_queries(score, queries, s.filter_index, chunk)
-    return {"seconds": time.perf_counter() - start, "before_mb": before, "peak_mb": _peak_mb(),
-            "chunk": float(chunk), "queries": float(len(queries))}  # fmt: skip
+    def ranking() -> dict[str, float]:
+        rank_queries(score, queries, s.filter_index, chunk)
+        return {"chunk": float(chunk), "queries": float(len(queries))}
+
+    return measure(ranking)
 
 
 def _fresh(stage: str, config: RunConfig, settings: Settings, cache: Path) -> dict[str, float]:
@@ -202,7 +235,8 @@ def run(settings: Settings, config: RunConfig, device: torch.device) -> Report:
             result = _fresh(stage, sized, settings, cache)
             figures[str(size)][stage] = result
             show(f"{size:>9,} {stage:<21} {result['seconds']:8.2f} s  peak {result['peak_mb'] / 1024:6.2f} GB"
-                 f"  (before the stage {result['before_mb'] / 1024:.2f} GB)")  # fmt: skip
+                 f"  increment {result['increment_mb']:7,.0f} MB"
+                 f"  (resident before the stage {result['resident_mb'] / 1024:.2f} GB)")  # fmt: skip
     checks = _checks(settings, figures)
     exponents = _exponents(settings, figures)
     return Report(setup=setup, figures={"stages": figures, "exponents": exponents}, checks=checks)
@@ -219,6 +253,7 @@ def _exponents(settings: Settings, figures: Figures) -> dict[str, dict[str, floa
         out[stage] = {
             "time": _exponent(small[stage]["seconds"], large[stage]["seconds"], ratio, 0.01),
             "peak above imports": _exponent(*above, ratio, 16.0),
+            "increment": _exponent(small[stage]["increment_mb"], large[stage]["increment_mb"], ratio, 16.0),
         }
     return out
 
@@ -231,6 +266,7 @@ def _checks(settings: Settings, figures: Figures) -> list[Check]:
     ]  # fmt: skip
     for stage, grown in _exponents(settings, figures).items():
         checks.append(Check(f"{stage}: peak growth exponent", grown["peak above imports"], "<=", EXPONENT))
+        checks.append(Check(f"{stage}: increment growth exponent", grown["increment"], "<=", EXPONENT))
         checks.append(Check(f"{stage}: time growth exponent", grown["time"], "<=", EXPONENT))
     return checks
 

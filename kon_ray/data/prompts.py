@@ -81,6 +81,23 @@ def _answer_ids(tokenizer: PreTrainedTokenizerBase, names: list[str], template: 
         start += len(chunk)
 
 
+def check_answer_tokens(kg: KnowledgeGraph, tokenizer: PreTrainedTokenizerBase, template: str) -> None:
+    """Raise ConfigError where ``encode_kg`` would: a name that ``tokenizer`` merges with the prompt.
+
+    For a check before any worker starts: it tokenises the names only (O(entities), not the
+    prompts), once per KG, tokenizer and template (the verdict is cached).
+    """
+    key = cache_key(
+        kind="answers", digest=kg.digest, tokenizer=tokenizer_digest(tokenizer), template=TEMPLATES[template]
+    )
+
+    def build(folder: Path) -> None:
+        for _ in _answer_ids(tokenizer, list(kg.entity_names), template):
+            pass
+
+    cached_dir("answers", key, build)
+
+
 def _ragged(chunks: Iterator[list[list[int]]]) -> tuple[np.ndarray, np.ndarray]:
     """(flat int64 tokens, offsets (n + 1,)) of rows that arrive in chunks."""
     flats, lengths = [], []

@@ -142,9 +142,13 @@ def launch(
     ``storage`` (a folder, or s3://... on a cluster) and ``name`` locate the run's checkpoints:
     launching again with the same two resumes from the latest checkpoint.
     """
+    from kon_ray.backbone import load_tokenizer
     from kon_ray.data import check_data, load_kg
+    from kon_ray.data.prompts import check_answer_tokens
 
-    check_data(config, load_kg(config.data.dataset).slice(config.data.train_limit))
+    kg = load_kg(config.data.dataset).slice(config.data.train_limit)
+    check_data(config, kg)
+    check_answer_tokens(kg, load_tokenizer(config.model, kg, config.data.prompt), config.data.prompt)
     if config.train.deepspeed_config and not Path(config.train.deepspeed_config).is_file():
         raise ConfigError(f"train.deepspeed_config={config.train.deepspeed_config}: no such file")
     start_ray(address)

@@ -68,7 +68,7 @@ def setup(
     check_data(config, kg)
     torch.manual_seed(config.train.seed)
     tokenizer = tokenizer or load_tokenizer(config.model, kg, config.data.prompt)
-    encoded = encode_kg(kg, tokenizer, config.data.prompt, config.model.k)
+    encoded = encode_kg(kg, tokenizer, config.data.prompt, config.model.k, config.data.anchor_tokens)
     precision = resolve_precision(config.model, device)
     log.info("precision %s", precision)
     backbone = load_backbone(config.model, tokenizer, device, precision.weights, config.train.seed)
