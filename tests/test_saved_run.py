@@ -331,6 +331,14 @@ def test_evaluate_prints_the_run_ranks_per_direction_and_relation(
         assert printed[label] == pytest.approx(values, abs=5.1e-5), label
     main(["evaluate", str(trained), "--split", "valid", "eval.ties=pessimistic"])
     assert capsys.readouterr().out.startswith(f"valid split of {s.kg.name}, filtered, pessimistic ties")
+    main(["evaluate", str(trained), "--split", "train", "--limit", "5"])
+    fit = capsys.readouterr().out.splitlines()
+    train, _ = evaluate(s, "train", 5)
+    assert fit[0] == f"train split of {s.kg.name}, filtered, realistic ties"
+    assert fit[2].split()[:3] == ["all", "10", f"{train['mrr']:.4f}"]  # 5 triples, both directions
+    with pytest.raises(SystemExit) as refused:
+        main(["evaluate", str(trained), "--limit", "0"])
+    assert refused.value.code == 2 and "--limit 0: must be at least 1" in capsys.readouterr().err
 
 
 def test_evaluate_and_predict_help_say_what_they_accept(capsys: pytest.CaptureFixture[str]) -> None:

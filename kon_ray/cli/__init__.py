@@ -129,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "overrides", nargs="*", help=f"settings of the ranking: {rerank_settings()}; e.g. eval.ties=optimistic"
     )
-    evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="the split to rank")
+    evaluate.add_argument(
+        "--split", choices=("train", "valid", "test"), default="test",
+        help="the split to rank; train shows how well the run fits what it trained on",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--limit", type=int, help="rank the split's first N triples (default: data.valid_limit or data.test_limit; train: all)"
+    )
     evaluate.set_defaults(func=runs.evaluate)
 
     from kon_ray import bench  # a light import: each benchmark loads when it runs

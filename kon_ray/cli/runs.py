@@ -43,7 +43,10 @@ def evaluate(args: argparse.Namespace) -> None:
     from kon_ray.training import evaluate
 
     s = load_run(args.run, args.overrides).setup
-    limit = s.config.data.valid_limit if args.split == "valid" else s.config.data.test_limit
+    limits = {"train": None, "valid": s.config.data.valid_limit, "test": s.config.data.test_limit}
+    limit = limits[args.split] if args.limit is None else args.limit
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: must be at least 1")
     metrics, table = evaluate(s, args.split, limit)
     relations = per_relation(table, s.kg, s.config.eval.ties)
     width = min(40, max(12, *(len(name) for name in relations["relation"])))
