@@ -240,3 +240,14 @@ def test_relation_token_prior_hand_worked() -> None:
     # Head answers of r in train: a, c, d. Step 1: token 1 1/3, token 4 2/3. Step 2: token 2 2/2.
     head = score(Queries(**one, direction=np.array([HEAD])))
     np.testing.assert_allclose(head[0].numpy(), [(1 / 3 + 1) / 2, 1 / 3 / 2, 2 / 3, (2 / 3 + 1) / 2], rtol=1e-6)
+
+
+def test_a_memory_budget_bounds_the_ranking_chunk() -> None:
+    from kon_ray.config import ConfigError, EvalConfig
+
+    assert EvalConfig(query_chunk=256).chunk(10**6) == 256  # no budget: the chunk as set
+    assert EvalConfig(query_chunk=256, chunk_mb=1024).chunk(10**6) == 67  # 1 GiB / (16 B x 1M)
+    assert EvalConfig(query_chunk=256, chunk_mb=1024).chunk(10**4) == 256  # at most query_chunk
+    assert EvalConfig(query_chunk=256, chunk_mb=1).chunk(10**7) == 1  # at least one query
+    with pytest.raises(ConfigError, match=r"eval\.chunk_mb=0: must be >= 1 or none"):
+        EvalConfig(chunk_mb=0)

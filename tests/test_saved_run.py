@@ -349,3 +349,19 @@ def test_evaluate_and_predict_help_say_what_they_accept(capsys: pytest.CaptureFi
     assert "settings of the ranking: eval.*, data.valid_limit, data.test_limit, data.valid_unseen;" in shown
     assert f"{RERANK_KEYS[-1]};" in shown  # from RERANK_KEYS, which load_run enforces
     assert "those tied with the last (default: 10)" in shown and "or #INDEX (e.g. #12)" in shown
+
+
+def test_evaluation_ranks_in_the_chunk_its_config_derives(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from kon_ray.config import EvalConfig
+
+    module = importlib.import_module("kon_ray.training.evaluate")  # the module, not the function
+
+    s = load_run(trained, ["eval.chunk_mb=1"]).setup
+    asked, chunks = [], []
+    monkeypatch.setattr(EvalConfig, "chunk", lambda self, entities: asked.append((self.chunk_mb, entities)) or 3)
+    rank = module.rank_queries
+    monkeypatch.setattr(module, "rank_queries", lambda *a: chunks.append(a[3]) or rank(*a))
+    evaluate(s, "test", 4)
+    assert asked == [(1, s.kg.num_entities)] and chunks == [3]

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ class Settings:
     ranked: int = 1000
     """Test queries ranked against every entity (the first of both directions of the test split)."""
     rank_budget_mb: int = 1024
-    """Memory for one ranking chunk: chunk = budget / (16 bytes x entities), at most eval.query_chunk."""
+    """``eval.chunk_mb`` of the ranking stage: chunk = budget / (16 bytes x entities), at most eval.query_chunk."""
     seed: int = 0
     folder: str = "runs/bench/scale"
     """Where the synthetic KGs (reused when present) and each size's preprocessing cache are written."""
@@ -185,7 +185,7 @@ def _stage(stage: str, config_dict: dict[str, Any], settings: Settings, cache: s
             train_step(s, engine, queries, config.loss.negatives, 1)
 
         return measure(step)
-    chunk = max(1, min(config.eval.query_chunk, settings.rank_budget_mb * 2**20 // (16 * s.kg.num_entities)))
+    chunk = replace(config.eval, chunk_mb=settings.rank_budget_mb).chunk(s.kg.num_entities)
     queries = both_directions(s.kg.test).take(slice(0, settings.ranked))
     s.model.eval()
 

@@ -34,7 +34,7 @@ def evaluate(s: Setup, split: str, limit: int | None, world: World = World()) ->
     local_queries = queries.take(np.maximum(shard, 0))
     rows = s.encoded.prompt_rows(local_queries)
     order = np.lexsort((rows, s.encoded.prompt_lengths(rows)))  # chunks of like length pad less
-    local = rank_queries(score, local_queries.take(order), s.filter_index, s.config.eval.query_chunk)
+    local = rank_queries(score, local_queries.take(order), s.filter_index, s.config.eval.chunk(s.kg.num_entities))
     local["query"] = shard[order]
     model.train(was_training)
     table = pd.concat(world.gather(local[local["query"] >= 0]), ignore_index=True).sort_values("query")
