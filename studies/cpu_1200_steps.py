@@ -1,7 +1,7 @@
 """The default at a step budget of 1,200 steps (230k queries), on DB15K and MKG-W, two seeds.
 
 A step budget makes a loaded machine change the time, not the result; one thread per trial, two
-trials at once. The figures are in results/db15k-1200-steps.csv (docs/results.md), exported with
+trials at once. The figures are in results/cpu_1200_steps.csv (docs/results.md), exported with
 `kon-ray study export studies/cpu_1200_steps.py --out results/`.
 """
 
