@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the split to rank; train shows how well the run fits what it trained on",
     )  # fmt: skip
     evaluate.add_argument(
-        "--limit", type=int, help="rank the split's first N triples (default: data.valid_limit or data.test_limit; train: all)"
-    )
+        "--limit", type=int,
+        help="rank the split's first N triples (default: data.valid_limit or data.test_limit; train: all)",
+    )  # fmt: skip
     evaluate.set_defaults(func=runs.evaluate)
 
     from kon_ray import bench  # a light import: each benchmark loads when it runs

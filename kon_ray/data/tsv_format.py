@@ -4,7 +4,8 @@
 optional ``entities.tsv`` and ``relations.tsv`` hold lines ``id<TAB>name``: the triples then hold ids
 (opaque strings such as ``Q42`` or ``00001740``), the names are what the LLM reads and may repeat.
 Without a names file, labels are identities (normalised to names) and indices follow first appearance
-over train, valid, test. Either way the KG keeps each id as written (the label, without a names file). A header line (``head<TAB>relation<TAB>tail``, ``id<TAB>name``) is skipped.
+over train, valid, test. Either way the KG keeps each id as written (the label, without a names
+file). A header line (``head<TAB>relation<TAB>tail``, ``id<TAB>name``) is skipped.
 docs/data.md shows five lines of each.
 
 Regular files are read vectorised with pandas; any irregular line sends the folder to the
